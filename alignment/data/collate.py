@@ -1,0 +1,151 @@
+"""Batch tokenized examples into right-padded torch tensors; labels are -100 everywhere but on responses.
+
+Three layouts:
+
+* :func:`collate_sft` - one sequence per example.
+* :func:`collate_preference` - the concatenated forward: chosen rows then rejected rows in one ``[2B, T]`` batch.
+* :func:`collate_prefix_shared` - one row per pair, ``prompt | chosen | rejected``, with a 4-D mask that hides
+  chosen from rejected and position ids that restart the rejected response at ``len(prompt)``; the prompt is
+  run once instead of twice. :func:`prefix_shared_logps` turns the model's logits back into per-sequence sums.
+
+Labels are unshifted (``labels[t]`` is the target token at position ``t``), as Hugging Face models expect.
+Length-bucketed batching lives in :mod:`alignment.data.sampler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from alignment.data.tokenize import IGNORE_INDEX, TokenizedPair, TokenizedSFT
+
+
+def collate_sft(examples: Sequence[TokenizedSFT], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad SFT examples.
+
+    Returns ``input_ids [B,T]`` (pad = ``pad_id``), ``attention_mask [B,T]`` (1 on real tokens) and ``labels
+    [B,T]`` (token ids on response tokens, -100 on prompt and padding). When every example carries a KTO label,
+    also ``desirable [B]`` (bool).
+    """
+    _require_examples(examples)
+    batch = _pad_rows([ex.input_ids for ex in examples], [ex.labels for ex in examples], pad_id)
+    labels = [ex.label for ex in examples]
+    if all(label is not None for label in labels):
+        batch["desirable"] = torch.tensor(labels, dtype=torch.bool)
+    return batch
+
+
+def collate_preference(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenated forward: rows ``0..B-1`` are prompt+chosen, rows ``B..2B-1`` prompt+rejected (same order).
+
+    Returns ``input_ids``, ``attention_mask``, ``labels`` (all ``[2B,T]``, right-padded), ``response_lengths
+    [2B]`` (loss tokens per row) and ``prompt_lengths [2B]``.
+    """
+    _require_examples(pairs)
+    sequences, labels, response_lengths, prompt_lengths = [], [], [], []
+    for side in ("chosen", "rejected"):
+        for pair in pairs:
+            response = pair.chosen_ids if side == "chosen" else pair.rejected_ids
+            sequences.append(pair.prompt_ids + response)
+            labels.append([IGNORE_INDEX] * len(pair.prompt_ids) + response)
+            response_lengths.append(len(response))
+            prompt_lengths.append(len(pair.prompt_ids))
+    batch = _pad_rows(sequences, labels, pad_id)
+    batch["response_lengths"] = torch.tensor(response_lengths, dtype=torch.long)
+    batch["prompt_lengths"] = torch.tensor(prompt_lengths, dtype=torch.long)
+    return batch
+
+
+def collate_prefix_shared(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per pair: ``prompt (P) | chosen (C) | rejected (R) | padding``, T = max(P + C + R).
+
+    Returns:
+      ``input_ids [B,T]``; ``attention_mask [B,1,T,T]`` bool, True where query t may attend key s: prompt and
+      chosen tokens attend causally to prompt + chosen, rejected tokens to the prompt and causally to rejected
+      (never to chosen), padding only to itself (keeps softmax finite); use :func:`additive_mask` for eager
+      attention. ``position_ids [B,T]``: ``0..P+C-1`` then ``P..P+R-1`` for rejected, 0 on padding.
+      ``labels [B,T]``: target ids on chosen and rejected tokens, -100 elsewhere. ``logit_positions [B,T]``:
+      the position whose logits predict token t (``t-1``, except the first rejected token, predicted from the
+      last prompt token ``P-1``; 0 where unused). ``chosen_mask``/``rejected_mask [B,T]`` bool; ``prompt_lengths``,
+      ``chosen_lengths``, ``rejected_lengths [B]``; ``padding_mask [B,T]`` (1 on real tokens).
+    """
+    _require_examples(pairs)
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    size = len(pairs)
+    batch = {
+        "input_ids": torch.full((size, width), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((size, 1, width, width), dtype=torch.bool),
+        "position_ids": torch.zeros((size, width), dtype=torch.long),
+        "labels": torch.full((size, width), IGNORE_INDEX, dtype=torch.long),
+        "logit_positions": torch.zeros((size, width), dtype=torch.long),
+        "chosen_mask": torch.zeros((size, width), dtype=torch.bool),
+        "rejected_mask": torch.zeros((size, width), dtype=torch.bool),
+        "padding_mask": torch.zeros((size, width), dtype=torch.long),
+    }
+    for row, pair in enumerate(pairs):
+        _fill_prefix_shared_row(batch, row, pair)
+    batch["prompt_lengths"] = torch.tensor([len(p.prompt_ids) for p in pairs], dtype=torch.long)
+    batch["chosen_lengths"] = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.long)
+    batch["rejected_lengths"] = torch.tensor([len(p.rejected_ids) for p in pairs], dtype=torch.long)
+    return batch
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Boolean ``[B,1,T,T]`` mask -> additive mask of ``dtype``: 0 where allowed, the dtype's minimum elsewhere."""
+    additive = torch.zeros(mask.shape, dtype=dtype)
+    return additive.masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def prefix_shared_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs ``(chosen [B], rejected [B])`` from logits ``[B,T,V]`` of a prefix-shared batch."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    sources = batch["logit_positions"].unsqueeze(-1).expand(-1, -1, log_probs.shape[-1])
+    aligned = torch.gather(log_probs, 1, sources)  # [B,T,V]: the distribution that predicts token t
+    targets = batch["labels"].clamp(min=0).unsqueeze(-1)
+    token_logps = torch.gather(aligned, 2, targets).squeeze(-1)  # [B,T]
+    chosen = (token_logps * batch["chosen_mask"]).sum(dim=1)
+    rejected = (token_logps * batch["rejected_mask"]).sum(dim=1)
+    return chosen, rejected
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+
+def _require_examples(examples: Sequence[object]) -> None:
+    if len(examples) == 0:
+        raise ValueError("cannot collate an empty batch")
+
+
+def _pad_rows(sequences: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad id and label rows to the longest row: ``input_ids``, ``attention_mask``, ``labels`` [N,T]."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    padded_labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(zip(sequences, labels, strict=True)):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+        padded_labels[row, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": padded_labels}
+
+
+def _fill_prefix_shared_row(batch: dict[str, torch.Tensor], row: int, pair: TokenizedPair) -> None:
+    """Write one pair's ids, mask, positions and label bookkeeping into row ``row`` of ``batch``."""
+    prompt, chosen, rejected = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    end_chosen, end = prompt + chosen, prompt + chosen + rejected
+    ids = pair.prompt_ids + pair.chosen_ids + pair.rejected_ids
+    batch["input_ids"][row, :end] = torch.tensor(ids, dtype=torch.long)
+    batch["padding_mask"][row, :end] = 1
+    causal = torch.ones((end, end), dtype=torch.bool).tril()
+    causal[end_chosen:end, prompt:end_chosen] = False  # rejected never sees chosen
+    mask = batch["attention_mask"][row, 0]
+    mask[:end, :end] = causal
+    mask[end:, end:] = torch.eye(mask.shape[0] - end, dtype=torch.bool)  # padding attends to itself only
+    batch["position_ids"][row, :end_chosen] = torch.arange(end_chosen)
+    batch["position_ids"][row, end_chosen:end] = torch.arange(prompt, prompt + rejected)
+    batch["labels"][row, prompt:end] = torch.tensor(pair.chosen_ids + pair.rejected_ids, dtype=torch.long)
+    batch["logit_positions"][row, prompt:end] = torch.arange(prompt - 1, end - 1)
+    batch["logit_positions"][row, end_chosen] = prompt - 1
+    batch["chosen_mask"][row, prompt:end_chosen] = True
+    batch["rejected_mask"][row, end_chosen:end] = True

@@ -1,0 +1,64 @@
+"""``alignment_run``: the Hydra entry point. ``alignment_run stage=<name> key=value ...``.
+
+Command-line keys are checked against the typed config before Hydra composes it, so an unknown key fails with
+the list of valid ones; ``validate()`` then reports every problem before any model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from alignment.artifacts import ArtifactError
+from stages.config.errors import ConfigError
+from stages.config.store import check_overrides, register_configs
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def _to_run_config(cfg: DictConfig):
+    from stages.config.stage_configs import RunConfig
+
+    run = OmegaConf.to_object(cfg)
+    assert isinstance(run, RunConfig)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # each job of a sweep gets its own run directory, named by its overrides
+        run.run_dir = str(Path(run.run_dir) / (hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)))
+    return run
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from stages.runner import run_stage
+
+    run = _to_run_config(cfg)
+    try:
+        run_stage(run)
+    except (ConfigError, ArtifactError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    register_configs()
+    try:
+        check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

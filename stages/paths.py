@@ -1,0 +1,47 @@
+"""Where a run's inputs live: the embedded world's artifact and the datasets/models a config names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignment.artifacts import stage_dir
+from stages.config.sections import DatasetSpec
+from stages.config.stage_configs import RunConfig
+
+WORLD_DATA_DIR = "world"
+WORLD_MODEL_DIR = "model"
+TRAINED_MODEL_DIR = "model"
+
+
+def prepare_dir(run: RunConfig) -> Path:
+    """The embedded world's artifact: shared by every round of a run."""
+    return stage_dir(run.run_dir, 0, "prepare")
+
+
+def uses_world(run: RunConfig) -> bool:
+    """Whether this invocation reads anything from the embedded world's artifact."""
+    if run.stage.name == "prepare":
+        return False
+    return run.model.is_world or any(spec.world_split for spec in run.data.specs().values())
+
+
+def dataset_path(run: RunConfig, spec: DatasetSpec) -> str:
+    """A file/directory/Hub id for ``spec``; ``world:<split>`` maps into the prepare artifact."""
+    split = spec.world_split
+    if split is None:
+        return spec.path
+    return str(prepare_dir(run) / WORLD_DATA_DIR / f"{split}.jsonl")
+
+
+def model_path(run: RunConfig) -> str:
+    """The base model: the world's pretrained model or ``model.name_or_path``."""
+    if run.model.is_world:
+        return str(prepare_dir(run) / WORLD_MODEL_DIR)
+    return run.model.name_or_path
+
+
+def policy_path(run: RunConfig) -> str:
+    """The policy of ``run.round``: the base model in round 0, else the previous round's trained model."""
+    if run.round == 0:
+        return model_path(run)
+    return str(stage_dir(run.run_dir, run.round - 1, "joint_train") / TRAINED_MODEL_DIR)
