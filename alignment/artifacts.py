@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import platform
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass

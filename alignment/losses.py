@@ -98,10 +98,10 @@ def preference_loss(loss_type: LossType | str, params: LossParams, inputs: Prefe
     return _paired(loss_type, params, inputs)
 
 
-def _f32(tensor: torch.Tensor | None) -> torch.Tensor:
-    """The tensor as float32 (inputs were checked by :func:`input_problems`, so None cannot occur)."""
+def _f32(tensor: torch.Tensor | None, device: torch.device | None = None) -> torch.Tensor:
+    """The tensor as float32 on ``device`` (inputs were checked by :func:`input_problems`: never None here)."""
     assert tensor is not None
-    return tensor.float()
+    return tensor.to(device=device or tensor.device, dtype=torch.float32)
 
 
 def _chosen_nll(
@@ -109,24 +109,26 @@ def _chosen_nll(
 ) -> torch.Tensor:
     """Token-mean NLL on the chosen response: the given ``policy_chosen_nll_mean`` or −ℓ_w/|y_w|."""
     if inputs.policy_chosen_nll_mean is not None:
-        return inputs.policy_chosen_nll_mean.float()
+        return _f32(inputs.policy_chosen_nll_mean, chosen_logps.device)
     return -chosen_logps / chosen_lengths
 
 
 def _paired(loss_type: LossType, params: LossParams, inputs: PreferenceInputs) -> LossOutput:
     """Every paired loss: shared log-ratio bookkeeping, then one formula."""
     chosen_logps = _f32(inputs.policy_chosen_logps)
-    rejected_logps = _f32(inputs.policy_rejected_logps)
-    chosen_lengths = _f32(inputs.chosen_lengths).clamp(min=1.0)
-    rejected_lengths = _f32(inputs.rejected_lengths).clamp(min=1.0)
+    device = chosen_logps.device  # lengths or cached reference log-probs may arrive on another device
+    rejected_logps = _f32(inputs.policy_rejected_logps, device)
+    # An empty response (length 0) has ℓ = 0; clamping keeps ℓ/|y| = 0 instead of NaN.
+    chosen_lengths = _f32(inputs.chosen_lengths, device).clamp(min=1.0)
+    rejected_lengths = _f32(inputs.rejected_lengths, device).clamp(min=1.0)
     chosen_mean = chosen_logps / chosen_lengths
     rejected_mean = rejected_logps / rejected_lengths
     nll = _chosen_nll(inputs, chosen_logps, chosen_lengths)
     metrics: dict[str, torch.Tensor] = {}
 
     if loss_type.needs_reference:
-        chosen_ref = _f32(inputs.reference_chosen_logps)
-        rejected_ref = _f32(inputs.reference_rejected_logps)
+        chosen_ref = _f32(inputs.reference_chosen_logps, device)
+        rejected_ref = _f32(inputs.reference_rejected_logps, device)
         chosen_ratio, rejected_ratio = chosen_logps - chosen_ref, rejected_logps - rejected_ref
         if loss_type is LossType.AIPO:
             policy_margin, reference_margin = chosen_logps - rejected_logps, chosen_ref - rejected_ref
@@ -231,7 +233,7 @@ def _reference_free_formula(
 def _unpaired_kto(params: LossParams, inputs: PreferenceInputs) -> LossOutput:
     """Unpaired KTO over completions labelled desirable / undesirable (see :func:`formulas.kto_loss`)."""
     policy = _f32(inputs.policy_completion_logps)
-    logratio = policy - _f32(inputs.reference_completion_logps)
+    logratio = policy - _f32(inputs.reference_completion_logps, policy.device)
     assert inputs.completion_is_desirable is not None
     desirable = inputs.completion_is_desirable.to(device=policy.device, dtype=torch.bool)
     reference_point = formulas.kto_reference_point(
@@ -245,7 +247,7 @@ def _unpaired_kto(params: LossParams, inputs: PreferenceInputs) -> LossOutput:
     metrics["count/undesirable"] = (~desirable).float().sum()
     if params.nll_weight > 0.0:
         # NLL only on desirable completions: the "chosen" side of an unpaired dataset.
-        nll = -policy / _f32(inputs.completion_lengths).clamp(min=1.0)
+        nll = -policy / _f32(inputs.completion_lengths, policy.device).clamp(min=1.0)
         losses = losses + params.nll_weight * torch.where(desirable, nll, torch.zeros_like(nll))
         metrics["nll"] = nll[desirable]
     rewards = (params.beta * logratio).detach()

@@ -88,9 +88,12 @@ class StageRun:
     def _decide(self) -> None:
         self._fingerprint = self.spec.fingerprint()
         status = status_of(self.final, self._fingerprint)
-        if status is Status.COMPLETE:
+        if status is Status.COMPLETE and not self.force:
             self._skip("complete with the same fingerprint")
             return
+        if status is Status.COMPLETE:
+            kept = set_aside(self.final, "replaced")
+            self._say(f"force=true: redoing a complete artifact; the previous one is kept as {kept}")
         if status is Status.STALE:
             if not self.force:
                 raise StaleArtifactError(
@@ -103,6 +106,8 @@ class StageRun:
             self._say(f"force=true: kept the stale artifact as {kept}")
         if self.work_dir.exists():
             self._adopt_partial()
+        if self.skipped:  # the partial was a finished run that only missed its rename
+            return
         if not self.work_dir.exists():
             self.work_dir.mkdir(parents=True)
             write_json_atomic(self.work_dir / PENDING, self._pending())
@@ -117,8 +122,7 @@ class StageRun:
         return {"fingerprint": self._fingerprint, "stage": self.spec.stage, "started": self._started}
 
     def _adopt_partial(self) -> None:
-        pending_file = self.work_dir / PENDING
-        pending = json.loads(pending_file.read_text()) if pending_file.is_file() else {}
+        pending = self._partial_record()
         if pending.get("fingerprint") != self._fingerprint:
             kept = set_aside(self.work_dir, "abandoned")
             self._say(f"partial work from another config kept as {kept}; starting afresh")
@@ -130,6 +134,23 @@ class StageRun:
         self.resuming = True
         self._started = float(pending.get("started", self._started))
         self._say(f"resuming partial work in {self.work_dir}")
+
+    def _partial_record(self) -> dict[str, Any]:
+        """What the partial work was started with: ``pending.json``, or the manifest once commit() wrote it.
+
+        commit() removes ``pending.json`` before ``_SUCCESS`` and the rename, so a crash there leaves only the
+        manifest to say which fingerprint the work belongs to.
+        """
+        for name in (PENDING, MANIFEST):
+            record_file = self.work_dir / name
+            if record_file.is_file():
+                try:
+                    record = json.loads(record_file.read_text())
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    return record
+        return {}
 
     def _outputs_intact(self) -> bool:
         try:

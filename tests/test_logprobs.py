@@ -59,7 +59,9 @@ def test_token_logprobs_bfloat16_logits_computed_in_float32() -> None:
     logits = (torch.randn(2, 5, 7, generator=generator) * 4.0).to(torch.bfloat16)
     labels = torch.randint(0, 7, (2, 5), generator=generator)
     out = token_logprobs(logits, labels)
-    expected = torch.log_softmax(logits.float()[:, :-1], dim=-1).gather(-1, labels[:, 1:].unsqueeze(-1)).squeeze(-1)
+    expected = (
+        torch.log_softmax(logits.float()[:, :-1], dim=-1).gather(-1, labels[:, 1:].unsqueeze(-1)).squeeze(-1)
+    )
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected)
 
@@ -100,7 +102,9 @@ def test_single_position_sequences_have_no_predicted_tokens() -> None:
         ((2, 3, 4), torch.zeros(2, 3), "integer"),
     ],
 )
-def test_token_logprobs_rejects_bad_input(logits_shape: tuple[int, ...], labels: torch.Tensor, message: str) -> None:
+def test_token_logprobs_rejects_bad_input(
+    logits_shape: tuple[int, ...], labels: torch.Tensor, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         token_logprobs(torch.zeros(logits_shape), labels)
 
@@ -109,7 +113,9 @@ def _cross_entropy(teacher: list[float], student: list[float]) -> float:
     """−Σ_v p_teacher(v) log p_student(v) written out with math."""
     teacher_norm = sum(math.exp(t) for t in teacher)
     student_log_norm = math.log(sum(math.exp(s) for s in student))
-    return -sum(math.exp(t) / teacher_norm * (s - student_log_norm) for t, s in zip(teacher, student, strict=True))
+    return -sum(
+        math.exp(t) / teacher_norm * (s - student_log_norm) for t, s in zip(teacher, student, strict=True)
+    )
 
 
 def test_kd_loss_equals_hand_computed_cross_entropy_on_two_tokens() -> None:
@@ -118,7 +124,9 @@ def test_kd_loss_equals_hand_computed_cross_entropy_on_two_tokens() -> None:
     labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
     # Token 1: p_t = (1/(1+e), e/(1+e)), log p_s = (1, 0) - log(e + 1).
     # Token 2: p_t = (3/4, 1/4),         log p_s = (0, 2) - log(1 + e^2).
-    token_1 = -(1 / (1 + math.e)) * (1 - math.log(math.e + 1)) - (math.e / (1 + math.e)) * (0 - math.log(math.e + 1))
+    token_1 = -(1 / (1 + math.e)) * (1 - math.log(math.e + 1)) - (math.e / (1 + math.e)) * (
+        0 - math.log(math.e + 1)
+    )
     token_2 = -0.75 * (0 - math.log(1 + math.e**2)) - 0.25 * (2 - math.log(1 + math.e**2))
     assert token_1 == pytest.approx(_cross_entropy([0.0, 1.0], [1.0, 0.0]))
     out = token_kl_to_teacher(student, teacher, labels)

@@ -9,13 +9,15 @@ Three layouts:
   run once instead of twice. :func:`prefix_shared_logps` turns the model's logits back into per-sequence sums.
 
 Labels are unshifted (``labels[t]`` is the target token at position ``t``), as Hugging Face models expect.
-Length-bucketed batching lives in :mod:`alignment.data.sampler`.
+:class:`LengthBucketedSampler` groups examples of similar length into batches to cut padding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 from alignment.data.tokenize import IGNORE_INDEX, TokenizedPair, TokenizedSFT
@@ -149,3 +151,86 @@ def _fill_prefix_shared_row(batch: dict[str, torch.Tensor], row: int, pair: Toke
     batch["logit_positions"][row, end_chosen] = prompt - 1
     batch["chosen_mask"][row, prompt:end_chosen] = True
     batch["rejected_mask"][row, end_chosen:end] = True
+
+
+class LengthBucketedSampler:
+    """Batch sampler that groups similar lengths: less padding, still a fresh random order every epoch.
+
+    Per epoch: shuffle all indices, sort by length inside consecutive windows of ``window * batch_size``
+    indices, cut into batches, shuffle the batch order. The order depends only on ``(seed, epoch)``. Iterating
+    to the end advances the epoch (``set_epoch`` overrides it); ``state_dict()`` / ``load_state_dict()`` resume
+    mid-epoch at the exact next batch. With ``num_replicas > 1`` rank ``rank`` takes every ``num_replicas``-th
+    batch (the list is padded by wrapping, or cut with ``drop_last``); leave it at 1 when the loader is already
+    sharded (e.g. by accelerate). Yields lists of dataset indices; use as ``DataLoader(batch_sampler=...)``.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, window: int, seed: int,
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
+        if batch_size < 1 or window < 1:
+            raise ValueError(f"batch_size={batch_size} and window={window} must be >= 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.window, self.seed = batch_size, window, seed
+        self.drop_last, self.num_replicas, self.rank = drop_last, num_replicas, rank
+        self.epoch = 0
+        self._position = 0  # batches already handed out in the current epoch (this rank)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch."""
+        self.epoch, self._position = epoch, 0
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """All batches of ``epoch`` for this rank, in order (a pure function of seed, epoch and lengths)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        chunk = self.window * self.batch_size
+        batches: list[list[int]] = []
+        for start in range(0, len(order), chunk):
+            block = order[start:start + chunk]
+            block = block[np.argsort(self.lengths[block], kind="stable")]  # ties keep their shuffled order
+            batches.extend(block[i:i + self.batch_size].tolist() for i in range(0, len(block), self.batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        return self._shard(batches)
+
+    def _shard(self, batches: list[list[int]]) -> list[list[int]]:
+        if self.num_replicas == 1 or not batches:
+            return batches
+        remainder = len(batches) % self.num_replicas
+        if remainder and self.drop_last:
+            batches = batches[: len(batches) - remainder]
+        elif remainder:
+            batches = batches + batches[: self.num_replicas - remainder]  # every rank runs the same step count
+        return batches[self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches(self.epoch)
+        while self._position < len(batches):
+            self._position += 1
+            yield batches[self._position - 1]
+        self.epoch, self._position = self.epoch + 1, 0
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        total = full + int(rest > 0 and not self.drop_last)
+        if self.num_replicas == 1:
+            return total
+        return total // self.num_replicas if self.drop_last else -(-total // self.num_replicas)
+
+    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
+        """Where to resume: epoch and position. Pass ``batches_consumed`` when loader workers prefetch batches
+        beyond what training consumed (the sampler's own count would then be ahead)."""
+        position = self._position if batches_consumed is None else batches_consumed
+        return {"epoch": self.epoch, "position": position, "seed": self.seed, "batch_size": self.batch_size,
+                "window": self.window, "num_samples": len(self.lengths), "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``; refuses a state from a sampler whose batches would differ."""
+        for key in ("seed", "batch_size", "window", "num_samples", "num_replicas"):
+            mine = len(self.lengths) if key == "num_samples" else getattr(self, key)
+            if state[key] != mine:
+                raise ValueError(f"sampler state has {key}={state[key]} but this sampler has {mine}: "
+                                 "resuming would not reproduce the same batches")
+        self.epoch, self._position = int(state["epoch"]), int(state["position"])

@@ -95,7 +95,7 @@ def parse_row(
         extra = {"response": trailing} if trailing is not None else {}
         return _build(PromptRow, raw, consumed, extra, messages=messages)
     if target == "unpaired":
-        completion = _response_text(raw, "completion", loc, strip=False)
+        completion = _response_text(raw, "completion", loc, strip=_has_hh_prompt(raw))
         label = _label(raw, loc)
         return _build(UnpairedRow, raw, consumed | {"completion", "label"}, {},
                       messages=messages, completion=completion, label=label)
@@ -257,6 +257,11 @@ def _check_response(value: Any, loc: Location, field: str, strip: bool) -> str:
     return value.strip() if strip else value
 
 
+def _has_hh_prompt(raw: dict[str, Any]) -> bool:
+    """HH responses follow ``"Assistant:"`` with a space, so they are stripped; other responses are kept as is."""
+    return "messages" not in raw and isinstance(raw.get("prompt"), str) and is_hh_dialogue(raw["prompt"])
+
+
 def _label(raw: dict[str, Any], loc: Location) -> bool:
     label = raw["label"]
     if isinstance(label, bool):
@@ -274,7 +279,7 @@ def _sft_row(raw: dict[str, Any], loc: Location, messages: tuple[Message, ...], 
     if key is None:
         response = _check_response(trailing, loc, "messages[-1].content", strip=False)
         return _build(SFTRow, raw, consumed, {}, messages=messages, response=response)
-    response = _response_text(raw, key, loc, strip=False)
+    response = _response_text(raw, key, loc, strip=_has_hh_prompt(raw))
     return _build(SFTRow, raw, consumed | {key}, {}, messages=messages, response=response)
 
 
@@ -290,7 +295,7 @@ def _preference_row(raw: dict[str, Any], loc: Location) -> PreferenceRow:
     messages, consumed, trailing = _prompt_part(raw, loc)
     if trailing is not None:
         fail(loc, "messages", "ends with an assistant turn; a preference prompt must end with a user turn")
-    strip = isinstance(raw.get("prompt"), str) and is_hh_dialogue(raw["prompt"])
+    strip = _has_hh_prompt(raw)
     return _build(PreferenceRow, raw, consumed | {"chosen", "rejected"}, {}, messages=messages,
                   chosen=_check_response(chosen, loc, "chosen", strip),
                   rejected=_check_response(rejected, loc, "rejected", strip))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignment.data.formats import DataError, Location, parse_row
+from alignment.data.formats import KINDS, DataError, Location, parse_row
 from alignment.data.rows import Row
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ def read_rows(
     directory of data files (``split`` picks ``<split>.jsonl`` / ``<split>-*.parquet`` ...), or else a Hub dataset
     id. ``split`` defaults to "train" where there are several. ``max_rows`` stops after that many good rows.
     """
+    if kind not in KINDS:
+        raise ValueError(f"unknown row kind {kind!r}; expected one of {', '.join(KINDS)}")
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row={on_bad_row!r}; expected one of {', '.join(ON_BAD_ROW)}")
     if max_rows is not None and max_rows < 0:

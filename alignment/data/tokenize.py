@@ -118,7 +118,7 @@ def tokenize_sft(
     min_prompt_length: int | None = None,
 ) -> TokenizedSFT | None:
     """Tokenize an SFT (or unpaired/KTO) row into ids + loss mask; ``None`` if truncation leaves no response."""
-    _check_args(max_length, truncation)
+    _check_args(tokenizer, max_length, truncation)
     response = row.response if isinstance(row, SFTRow) else row.completion
     prompt_text, raw_prompt = encode_prompt(tokenizer, row.messages)
     response_ids, fallback = _response_ids(tokenizer, prompt_text, raw_prompt, response)
@@ -150,7 +150,7 @@ def tokenize_preference(
 
     Returns ``None`` when truncation would leave either response empty.
     """
-    _check_args(max_length, truncation)
+    _check_args(tokenizer, max_length, truncation)
     prompt_text, raw_prompt = encode_prompt(tokenizer, row.messages)
     chosen, chosen_fallback = _response_ids(tokenizer, prompt_text, raw_prompt, row.chosen)
     rejected, rejected_fallback = _response_ids(tokenizer, prompt_text, raw_prompt, row.rejected)
@@ -216,7 +216,8 @@ def _tokenize_any(tokenizer: Any, row: Row, max_length: int, truncation: str,
     return tokenize_sft(tokenizer, row, max_length, truncation, min_prompt_length)
 
 
-def _check_args(max_length: int, truncation: str) -> None:
+def _check_args(tokenizer: Any, max_length: int, truncation: str) -> None:
+    _eos_id(tokenizer)
     if truncation not in TRUNCATION_SIDES:
         raise ValueError(f"truncation={truncation!r}; expected one of {', '.join(TRUNCATION_SIDES)}")
     if max_length < 2:

@@ -74,7 +74,9 @@ def check_key(key: str, stage: str) -> str | None:
 
 def check_overrides(overrides: list[str]) -> None:
     """Fail on command-line overrides naming unknown keys, listing the valid ones (before Hydra composes)."""
-    assignments = [o for o in overrides if "=" in o and not o.startswith(("hydra", "+", "~", "-"))]
+    # `+key=` / `++key=` are checked too: Hydra would append an unknown key and to_object would drop it silently
+    assignments = [o.lstrip("+") for o in overrides if "=" in o and not o.startswith(("~", "-"))]
+    assignments = [o for o in assignments if not o.startswith("hydra")]
     stage = DEFAULT_STAGE
     for item in assignments:
         key, value = item.split("=", 1)
@@ -82,8 +84,8 @@ def check_overrides(overrides: list[str]) -> None:
             stage = value.split(",")[0]
     problems = []
     for item in assignments:
-        key = item.split("=", 1)[0].lstrip("+")
-        if "." in key or key not in ("stage", *GROUP_SCHEMAS, "hydra"):
+        key = item.split("=", 1)[0]
+        if "." in key or key not in ("stage", *GROUP_SCHEMAS):
             problem = check_key(key, stage)
             if problem:
                 problems.append(problem)

@@ -1,0 +1,132 @@
+"""The objectives a joint run combines: SFT, a preference loss, or knowledge distillation.
+
+Each component turns one batch into a scalar training loss (its own reduction) plus logged values; the loss
+functions themselves live in :mod:`alignment.losses` and return per-example values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from alignment.logprobs import sequence_logprobs, token_kl_to_teacher
+from alignment.losses import (
+    LossOutput,
+    LossParams,
+    LossType,
+    PreferenceInputs,
+    preference_loss,
+    sft_token_loss_sum,
+)
+
+Batch = dict[str, Any]
+
+
+class Component(Protocol):
+    """One objective: ``name`` for logs, ``loss(model, batch)`` -> (scalar loss, floats to log)."""
+
+    name: str
+
+    def loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+def forward_logits(model: Any, batch: Batch) -> torch.Tensor:
+    """Causal-LM logits ``[B,T,V]`` of a padded batch (``input_ids``/``attention_mask [B,T]``)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+@dataclass
+class SFTComponent:
+    """Supervised fine-tuning: token-mean cross-entropy over every response token of the batch (prompt masked)."""
+
+    name: str = "sft"
+
+    def loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        summed = sft_token_loss_sum(forward_logits(model, batch), batch["labels"])
+        loss = summed.loss_sum.sum() / summed.token_count.sum().clamp(min=1)
+        return loss, {"sft_loss": float(loss.detach())}
+
+
+# (chosen logps [B], rejected logps [B]) of the reference for a preference batch
+ReferenceFn = Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class PreferenceComponent:
+    """A paired preference loss on a concatenated ``[chosen; rejected]`` batch (``collate_preference``).
+
+    ``reference`` returns the reference log-prob sums of the batch (a frozen model, the LoRA base with adapters
+    disabled, or a cache); it is None for reference-free losses.
+    """
+
+    loss_type: LossType
+    params: LossParams
+    reference: ReferenceFn | None
+    name: str = "preference"
+
+    def outputs(self, model: Any, batch: Batch) -> LossOutput:
+        """Per-example preference losses and rewards of ``batch``."""
+        logps = sequence_logprobs(forward_logits(model, batch), batch["labels"])
+        half = logps.sum.shape[0] // 2
+        inputs = PreferenceInputs(
+            policy_chosen_logps=logps.sum[:half], policy_rejected_logps=logps.sum[half:],
+            chosen_lengths=logps.count[:half], rejected_lengths=logps.count[half:],
+        )
+        if self.loss_type.needs_reference:
+            if self.reference is None:
+                raise ValueError(f"loss {self.loss_type.value!r} needs reference log-probs but none were given")
+            inputs.reference_chosen_logps, inputs.reference_rejected_logps = self.reference(batch)
+        return preference_loss(self.loss_type, self.params, inputs)
+
+    def loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.outputs(model, batch)
+        loss = out.losses.mean()
+        accuracy = float((out.chosen_rewards > out.rejected_rewards).float().mean())
+        return loss, {"pref_loss": float(loss.detach()), "reward_accuracy": accuracy,
+                      **{f"pref/{k}": v for k, v in out.metrics.items()}}
+
+
+@dataclass
+class KDComponent:
+    """Knowledge distillation: token-level cross-entropy to a frozen teacher's distribution (BiPOST KD)."""
+
+    teacher: Any
+    name: str = "kd"
+
+    def loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            teacher_logits = forward_logits(self.teacher, batch)
+        per_example = token_kl_to_teacher(forward_logits(model, batch), teacher_logits, batch["labels"])
+        loss = per_example.mean()
+        return loss, {"kd_loss": float(loss.detach())}
+
+
+def model_reference(reference_model: Any) -> ReferenceFn:
+    """Reference log-probs from a separate frozen model."""
+
+    @torch.no_grad()
+    def reference(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logps = sequence_logprobs(forward_logits(reference_model, batch), batch["labels"]).sum
+        half = logps.shape[0] // 2
+        return logps[:half], logps[half:]
+
+    return reference
+
+
+def adapter_disabled_reference(peft_model: Any) -> ReferenceFn:
+    """Reference log-probs from the LoRA base: the policy itself with its adapters switched off."""
+    forward = model_reference(peft_model)
+
+    def reference(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        was_training = peft_model.training
+        peft_model.eval()  # dropout off for the reference pass
+        try:
+            with peft_model.disable_adapter():
+                return forward(batch)
+        finally:
+            peft_model.train(was_training)
+
+    return reference

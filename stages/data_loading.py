@@ -1,0 +1,35 @@
+"""Reading and tokenizing a run's datasets as its config names them (shared by every stage)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignment.data.readers import ReadResult, read_rows
+from alignment.data.tokenize import TokenizeStats, tokenize_dataset
+from stages.config.sections import DatasetSpec
+from stages.config.stage_configs import RunConfig
+from stages.paths import dataset_path
+
+
+def load_rows(run: RunConfig, spec: DatasetSpec, kind: str) -> ReadResult:
+    """Rows of ``kind`` from ``spec`` (bad rows raise, or are skipped and counted with ``data.on_bad_row=skip``)."""
+    result = read_rows(dataset_path(run, spec), kind=kind, split=spec.split, on_bad_row=run.data.on_bad_row,
+                       max_rows=spec.max_rows)
+    if result.skipped:
+        print(f"[data] {result.source}: skipped {result.skipped} bad row(s), e.g. {result.skip_reasons[:3]}")
+    return result
+
+
+def load_tokenized(run: RunConfig, spec: DatasetSpec, kind: str, tokenizer: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Tokenized examples of ``spec`` and data statistics for the manifest (rows read, skipped, dropped...)."""
+    result = load_rows(run, spec, kind)
+    examples, stats = tokenize_dataset(tokenizer, result.rows, max_length=run.data.max_length,
+                                       truncation=run.data.truncation)
+    if stats.dropped_empty_after_truncation:
+        print(f"[data] {result.source}: dropped {stats.dropped_empty_after_truncation} row(s) whose response would "
+              f"be empty after truncation to {run.data.max_length} tokens")
+    return examples, {"source": result.source, "skipped_bad_rows": result.skipped, **_stats(stats)}
+
+
+def _stats(stats: TokenizeStats) -> dict[str, Any]:
+    return stats.to_dict()

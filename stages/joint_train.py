@@ -1,0 +1,147 @@
+"""``stage=joint_train``: SFT and a preference objective trained jointly (ALRIGHT, MAXRIGHT, mix, sequential
+or a single objective), with full fine-tuning or LoRA, on accelerate/DeepSpeed.
+
+Outputs: ``model/`` (HF directory: full weights, or the LoRA adapter plus ``model/merged`` by option),
+``loss_space.png``, ``logs/metrics.jsonl``; manifest metrics include the held-out losses and their best values
+(read by later MAXRIGHT runs as f*), steps per objective and time per optimizer step.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from stages.config.stage_configs import RunConfig
+from stages.data_loading import load_tokenized
+from stages.paths import TRAINED_MODEL_DIR, dataset_path, policy_path
+from stages.registry import StageContext, StageResult
+from stages.train_parts import (
+    build_components,
+    build_schedule,
+    eval_batches,
+    optima,
+    verifier_report,
+)
+
+STAGE_VERSION = 1
+DATA_SLOTS = {"sft": "sft", "preference": "preference", "sft_eval": "sft", "preference_eval": "preference"}
+
+
+def inputs(run: RunConfig) -> dict[str, str]:
+    """The policy, the four datasets, and any reference/teacher/optima artifacts."""
+    found = {"policy": policy_path(run)}
+    for slot in DATA_SLOTS:
+        found[f"data.{slot}"] = dataset_path(run, getattr(run.data, slot))
+    if run.stage.reference != "initial":
+        found["reference"] = run.stage.reference
+    if "kd" in run.objective.objectives:
+        found["teacher"] = run.objective.teacher
+    for index, path in enumerate(run.objective.optima_from):
+        found[f"optima.{index}"] = path
+    return found
+
+
+def _load_data(run: RunConfig, tokenizer: Any) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    examples, stats = {}, {}
+    for slot, kind in DATA_SLOTS.items():
+        examples[slot], stats[slot] = load_tokenized(run, getattr(run.data, slot), kind, tokenizer)
+    return examples, stats
+
+
+def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
+    """Validate, read and tokenize the data, print statistics and one marked-up example; train nothing."""
+    from alignment.data.tokenize import preview
+    from alignment.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(stage_inputs["policy"], run.model.trust_remote_code)
+    examples, stats = _load_data(run, tokenizer)
+    for slot, slot_stats in stats.items():
+        print(f"[dry run] {slot}: {slot_stats}")
+    for slot in ("sft", "preference"):
+        if examples[slot]:
+            print(f"[dry run] one {slot} example (loss-masked span in [[...]]):\n{preview(tokenizer, examples[slot][0])}")
+    print("[dry run] configuration valid; no training done (dry_run=true)")
+    return {"data": stats}
+
+
+def run(run: RunConfig, ctx: StageContext) -> StageResult:
+    import torch
+
+    from alignment.evaluation.plots import plot_loss_space
+    from alignment.models.loading import load_tokenizer, save_trained
+    from alignment.train.heldout import evaluate_heldout
+    from alignment.train.loop import JointTrainer, LoopSettings
+    from alignment.train.metrics_log import MetricsLog
+    from alignment.train.setup import make_accelerator, make_optimizer, make_scheduler
+    from stages.train_parts import build_policy
+
+    stage, train = run.stage, run.stage.train
+    if stage.num_threads:
+        torch.set_num_threads(stage.num_threads)
+    accelerator = make_accelerator(stage.strategy, train.precision, train.grad_accum, stage.zero_stage,
+                                   stage.offload, train.max_grad_norm, run.tracking.backends,
+                                   str(ctx.logs_dir))
+    if run.tracking.backends:
+        accelerator.init_trackers(run.tracking.project)
+    torch.manual_seed(run.seed)
+    tokenizer = load_tokenizer(ctx.inputs["policy"], run.model.trust_remote_code)
+    examples, data_stats = _load_data(run, tokenizer)
+    model, reference_fn, reference_kind = build_policy(run, ctx.inputs)
+    components, streams, preference = build_components(run, ctx.inputs, examples, tokenizer, reference_fn,
+                                                       accelerator)
+    best = optima(run)
+    schedule = build_schedule(run, streams, best)
+    optimizer = make_optimizer(model, train.lr, train.weight_decay)
+    scheduler = make_scheduler(optimizer, train.schedule, train.warmup_ratio, train.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    sft_eval, pref_eval = eval_batches(run, examples, tokenizer, accelerator)
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_heldout(model, sft_eval, pref_eval, preference,
+                                lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu())
+
+    settings = LoopSettings(
+        max_steps=train.max_steps, grad_accum=train.grad_accum, max_grad_norm=train.max_grad_norm,
+        eval_every=train.eval_every, save_every=train.save_every, keep_checkpoints=train.keep_checkpoints,
+        log_every=stage.log_every, early_stop_eps=stage.early_stop_eps, optima=best,
+        ref_pareto=[(p[0], p[1]) for p in stage.ref_pareto], progress=stage.progress,
+    )
+    trackers = [accelerator] if run.tracking.backends else []
+    with MetricsLog(ctx.logs_dir / "metrics.jsonl", trackers=trackers) as metrics_log:
+        result = JointTrainer(accelerator, model, optimizer, scheduler, components, streams, schedule, evaluate,
+                              settings, ctx.work_dir / "checkpoints",
+                              metrics_log if accelerator.is_main_process else None).run()
+    accelerator.wait_for_everyone()
+    outputs = [TRAINED_MODEL_DIR]
+    metrics: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        trained = accelerator.unwrap_model(model)
+        save_trained(trained, tokenizer, ctx.work_dir / TRAINED_MODEL_DIR, merged=stage.save_merged)
+        plot_loss_space({run.objective.name: result.evals}, ctx.work_dir / "loss_space.png", ideal=best,
+                        title=f"{run.objective.name} (λ={run.objective.lambd}, loss={run.loss.name})")
+        outputs.append("loss_space.png")
+        metrics = _summary(result, data_stats, reference_kind)
+        metrics.update(verifier_report(run, trained, tokenizer, ctx.inputs))
+        shutil.rmtree(ctx.work_dir / "checkpoints", ignore_errors=True)  # the artifact is complete: no resume
+    accelerator.end_training()
+    return StageResult(outputs=outputs, metrics=metrics)
+
+
+def _summary(result: Any, data_stats: dict[str, Any], reference_kind: str) -> dict[str, Any]:
+    final = result.evals[-1] if result.evals else {}
+    best: dict[str, float] = {}
+    for key in ("eval/sft_loss", "eval/pref_loss"):
+        values = [e[key] for e in result.evals if key in e]
+        if values:
+            best[f"{key}_best"] = min(values)
+    return {
+        **{k: v for k, v in final.items() if k.startswith("eval/")},
+        **best,
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
+        "steps_per_objective": result.steps_per_objective,
+        "train_seconds": round(result.seconds, 3),
+        "seconds_per_step": round(result.seconds_per_step, 5),
+        "reference": reference_kind,
+        "data": data_stats,
+    }

@@ -1,0 +1,141 @@
+"""Pieces of a training stage built from the config: policy + reference, objective components and their data
+streams, the objective schedule, held-out batches, optima f*, and the verifier report."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from alignment.artifacts import is_complete, read_manifest
+from stages.config.stage_configs import RunConfig
+
+
+def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]:
+    """The trainable policy, a function giving reference log-probs (None if the loss needs none) and what the
+    reference is (recorded in the manifest)."""
+    from alignment.losses import LossType
+    from alignment.models.loading import (
+        LoraSpec,
+        add_lora,
+        disable_dropout,
+        freeze,
+        frozen_copy,
+        load_causal_lm,
+    )
+    from alignment.train.components import adapter_disabled_reference, model_reference
+
+    cfg = run.model
+    model = load_causal_lm(inputs["policy"], cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code)
+    disable_dropout(model)
+    needs_reference = LossType(run.loss.name).needs_reference
+    reference_model, kind = None, "none (reference-free loss)"
+    if needs_reference and run.stage.reference != "initial":
+        reference_model = freeze(load_causal_lm(inputs["reference"], cfg.dtype, cfg.attn_implementation,
+                                                 cfg.trust_remote_code))
+        kind = f"separate model {inputs['reference']}"
+    elif needs_reference and not cfg.lora.enabled:
+        reference_model, kind = frozen_copy(model), "frozen copy of the initial policy"
+    if cfg.lora.enabled:
+        lora = cfg.lora
+        model = add_lora(model, LoraSpec(lora.r, lora.alpha, lora.dropout, list(lora.target_modules)))
+    if reference_model is not None:
+        return model, model_reference(reference_model), kind
+    if needs_reference:  # LoRA: the base model is the initial policy
+        return model, adapter_disabled_reference(model), "initial policy (LoRA base, adapters disabled)"
+    return model, None, kind
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+
+def build_components(run: RunConfig, inputs: dict[str, str], examples: dict[str, list[Any]], tokenizer: Any,
+                     reference_fn: Any, accelerator: Any) -> tuple[dict[int, Any], dict[int, Any], Any]:
+    """Objective components and their endless batch streams (index 0 and 1), plus the preference component
+    used for held-out evaluation whatever is trained."""
+    from alignment.data.collate import collate_preference, collate_sft
+    from alignment.losses import LossParams, LossType
+    from alignment.models.loading import freeze, load_causal_lm
+    from alignment.train.batches import CyclingBatches
+    from alignment.train.components import KDComponent, PreferenceComponent, SFTComponent
+
+    loss = run.loss
+    params = LossParams(**{k: v for k, v in vars(loss).items() if k != "name"})
+    preference = PreferenceComponent(LossType(loss.name), params, reference_fn)
+    train = run.stage.train
+    pad = _pad_id(tokenizer)
+    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
+    components: dict[int, Any] = {}
+    streams: dict[int, Any] = {}
+    for index, name in enumerate(run.objective.objectives):
+        seed = run.seed + 1000 * (index + 1)
+        if name == "preference":
+            components[index] = preference
+            streams[index] = CyclingBatches(examples["preference"], train.pref_batch_size,
+                                            partial(collate_preference, pad_id=pad), seed, **shard)
+            continue
+        if name == "kd":
+            cfg = run.model
+            teacher = freeze(load_causal_lm(inputs["teacher"], cfg.dtype, cfg.attn_implementation,
+                                            cfg.trust_remote_code)).to(accelerator.device)
+            components[index] = KDComponent(teacher)
+        else:
+            components[index] = SFTComponent()
+        streams[index] = CyclingBatches(examples["sft"], train.sft_batch_size, partial(collate_sft, pad_id=pad),
+                                        seed, **shard)
+    return components, streams, preference
+
+
+def eval_batches(run: RunConfig, examples: dict[str, list[Any]], tokenizer: Any,
+                 accelerator: Any) -> tuple[list[Any], list[Any]]:
+    """Held-out SFT and preference batches of this rank's shard (at most ``eval_max_rows`` rows each)."""
+    from alignment.data.collate import collate_preference, collate_sft
+
+    train, pad = run.stage.train, _pad_id(tokenizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    def batches(rows: list[Any], size: int, collate: Any) -> list[Any]:
+        mine = rows[: train.eval_max_rows][rank::world]
+        return [collate(mine[i:i + size], pad_id=pad) for i in range(0, len(mine), size)]
+
+    return (batches(examples["sft_eval"], train.sft_batch_size, collate_sft),
+            batches(examples["preference_eval"], train.pref_batch_size, collate_preference))
+
+
+def optima(run: RunConfig) -> tuple[float | None, float | None]:
+    """f*_SFT and f*_pref: from the config, else the best held-out losses in the manifests of ``optima_from``."""
+    sft_opt, pref_opt = run.objective.sft_opt, run.objective.dpo_opt
+    found_sft, found_pref = [], []
+    for path in run.objective.optima_from:
+        metrics = read_manifest(path).get("metrics", {}) if is_complete(path) else {}
+        manifest_objective = read_manifest(path)["config"].get("objective", {}).get("name") if metrics else None
+        if manifest_objective == "sft" and "eval/sft_loss_best" in metrics:
+            found_sft.append(metrics["eval/sft_loss_best"])
+        if manifest_objective == "preference" and "eval/pref_loss_best" in metrics:
+            found_pref.append(metrics["eval/pref_loss_best"])
+    if sft_opt is None and found_sft:
+        sft_opt = min(found_sft)
+    if pref_opt is None and found_pref:
+        pref_opt = min(found_pref)
+    return sft_opt, pref_opt
+
+
+def build_schedule(run: RunConfig, streams: dict[int, Any], best: tuple[float | None, float | None]) -> Any:
+    """The objective schedule of ``objective.name``."""
+    from alignment.objectives import make_schedule
+    from alignment.train.setup import sequential_switch_step
+
+    objective, train = run.objective, run.stage.train
+    first = 1 if objective.reverse else 0
+    switch = sequential_switch_step(objective.split_unit, objective.split_fraction, train.max_steps,
+                                    len(streams[first].sampler) if first in streams else 1)
+    if objective.name == "maxright" and None in best:
+        print("[train] MAXRIGHT without known optima (objective.sft_opt/dpo_opt or optima_from): using 0 for "
+              "the missing ones, as the reference implementation does")
+    return make_schedule(objective.name, objective.lambd, run.seed, switch, objective.reverse,
+                         (best[0] or 0.0, best[1] or 0.0), objective.refresh_every)
+
+
+def verifier_report(run: RunConfig, model: Any, tokenizer: Any, inputs: dict[str, str]) -> dict[str, Any]:
+    """Verifier accuracy per task family on the world's held-out prompts (only for world data)."""
+    return {}

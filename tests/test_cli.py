@@ -1,0 +1,158 @@
+"""End-to-end tests of the ``alignment_run`` command on ``stage=prepare`` with a very small world.
+
+One module-scoped prepare run is shared by the tests that only read it; tests that change a run directory work
+on a copy, so each test holds on its own. Three prepare runs in all (shared, force, resume after SIGKILL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from alignment.artifacts import MANIFEST, SUCCESS, describe_outputs, read_manifest, stage_dir
+
+SCRIPT = Path(sys.executable).with_name("alignment_run")
+COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "stages.cli"]
+SMALL_WORLD = ["stage=prepare", "world=ci", "world.pretrain_steps=2", "stage.progress=false"]
+TIMEOUT_S = 180
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def alignment_run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """``alignment_run stage=prepare <small world> run_dir=<run_dir> <overrides>``, run from run_dir's parent."""
+    return subprocess.run([*COMMAND, *SMALL_WORLD, f"run_dir={run_dir}", *overrides], cwd=run_dir.parent,
+                          env=cli_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def prepare_of(run_dir: Path) -> Path:
+    return stage_dir(run_dir, 0, "prepare")
+
+
+def assert_complete(final: Path) -> dict:
+    manifest = read_manifest(final)
+    assert describe_outputs(final, sorted(manifest["outputs"])) == manifest["outputs"]
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with one completed small prepare."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = alignment_run(run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "done: outputs in" in result.stdout
+    return run_dir
+
+
+def test_prepare_writes_a_complete_artifact(prepared: Path) -> None:
+    manifest = assert_complete(prepare_of(prepared))
+    assert manifest["stage"] == "prepare" and manifest["round"] == 0
+    assert manifest["config"]["world"]["seed"] == 1234
+    assert manifest["config"]["world"]["pretrain_steps"] == 2
+    assert "model/model.safetensors" in manifest["outputs"]
+    assert manifest["outputs"]["world/sft_train.jsonl"]["rows"] == 300
+    assert not prepare_of(prepared).with_name("prepare.partial").exists()
+
+
+def test_saved_config_is_the_resolved_command_line(prepared: Path) -> None:
+    saved = OmegaConf.load(prepare_of(prepared) / "config.yaml")
+    assert saved.world.sft_train == 300  # from world=ci
+    assert saved.world.pretrain_steps == 2  # from the command line
+    assert saved.stage.name == "prepare" and saved.stage.progress is False
+    assert saved.run_dir == str(prepared)
+
+
+def test_second_prepare_skips(prepared: Path) -> None:
+    before = read_manifest(prepare_of(prepared))
+    result = alignment_run(prepared)
+    assert result.returncode == 0, result.stderr
+    assert f"[prepare] complete with the same fingerprint ({before['fingerprint'][:12]}): skipping" in result.stdout
+    assert "pretraining" not in result.stdout
+    assert read_manifest(prepare_of(prepared)) == before
+
+
+def test_runtime_key_change_still_skips(prepared: Path) -> None:
+    result = alignment_run(prepared, "stage.log_every=1")
+    assert result.returncode == 0, result.stderr
+    assert "skipping" in result.stdout
+
+
+def test_semantic_change_is_refused_then_forced(prepared: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared, run_dir)
+    final = prepare_of(run_dir)
+    old = read_manifest(final)
+
+    refused = alignment_run(run_dir, "world.seed=7")
+    assert refused.returncode == 2
+    assert "world.seed: 1234 -> 7" in refused.stderr
+    assert "force=true" in refused.stderr
+    assert read_manifest(final) == old
+    assert sorted(p.name for p in final.parent.iterdir()) == ["prepare", "prepare.lock"]
+
+    forced = alignment_run(run_dir, "world.seed=7", "force=true")
+    assert forced.returncode == 0, forced.stderr
+    stale = sorted(final.parent.glob("prepare.stale-*"))
+    assert len(stale) == 1
+    assert read_manifest(stale[0]) == old
+    new = assert_complete(final)
+    assert new["config"]["world"]["seed"] == 7 and new["fingerprint"] != old["fingerprint"]
+
+
+def test_unknown_key_fails_naming_it(tmp_path: Path) -> None:
+    for override in ("world.sede=7", "+world.sede=7"):
+        result = alignment_run(tmp_path / "run", override)
+        assert result.returncode == 2, override
+        assert "unknown config key 'world.sede'" in result.stderr
+        assert "seed" in result.stderr.split("valid:")[1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_invalid_value_is_reported_before_work(tmp_path: Path) -> None:
+    result = alignment_run(tmp_path / "run", "world.golden=0", "world.prompts=0", "world.corrupt_fraction=2")
+    assert result.returncode == 2
+    assert "3 problem(s)" in result.stderr
+    for key in ("world.golden", "world.prompts", "world.corrupt_fraction"):
+        assert key in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_sigkill_during_prepare_then_rerun_completes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    final = prepare_of(run_dir)
+    partial = final.with_name("prepare.partial")
+    process = subprocess.Popen([*COMMAND, *SMALL_WORLD, f"run_dir={run_dir}"], cwd=tmp_path, env=cli_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while not (partial / "config.yaml").is_file():
+            assert process.poll() is None, "prepare ended before it could be killed"
+            assert time.time() < deadline, "prepare.partial never appeared"
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert not final.exists()
+    assert partial.is_dir()
+    assert not (partial / SUCCESS).exists() and not (partial / MANIFEST).exists()
+    assert json.loads((partial / "pending.json").read_text())["stage"] == "prepare"
+
+    result = alignment_run(run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "resuming partial work" in result.stdout
+    assert_complete(final)
+    assert not partial.exists()
