@@ -121,7 +121,7 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
                         title=f"{run.objective.name} (λ={run.objective.lambd}, loss={run.loss.name})")
         outputs.append("loss_space.png")
         metrics = _summary(result, data_stats, reference_kind)
-        metrics.update(verifier_report(run, trained, tokenizer, ctx.inputs))
+        metrics.update(verifier_report(run, str(ctx.work_dir / TRAINED_MODEL_DIR), ctx.inputs["policy"]))
         shutil.rmtree(ctx.work_dir / "checkpoints", ignore_errors=True)  # the artifact is complete: no resume
     accelerator.end_training()
     return StageResult(outputs=outputs, metrics=metrics)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from alignment.artifacts import StageSpec, is_complete, stage_dir
+from alignment.artifacts import StageSpec, is_complete, partial_dir, stage_dir
 from alignment.stage_run import StageRun
+from stages import distributed
 from stages.config.errors import ConfigError
 from stages.config.semantic import semantic_config
 from stages.config.stage_configs import PrepareConfig, RunConfig
@@ -46,21 +48,49 @@ def stage_spec(run: RunConfig) -> StageSpec:
 
 
 def run_stage(run: RunConfig) -> dict[str, Any]:
-    """Run ``run.stage`` and return its manifest (or, for a dry run, the dry run's report)."""
+    """Run ``run.stage`` and return its manifest (or, for a dry run, the dry run's report).
+
+    Under ``torchrun`` every rank calls this; rank 0 alone manages the stage directory.
+    """
     validate_or_raise(run)
-    ensure_world(run)
+    multi = distributed.world_size() > 1
+    if multi:
+        distributed.init_process_group()
+    if not multi or distributed.rank() == 0:
+        ensure_world(run)
+    if multi:
+        distributed.barrier()
     module = stage_module(run.stage.name)
     if run.dry_run:
         report: dict[str, Any] = module.dry_run(run, module.inputs(run))
         return report
     spec = stage_spec(run)
     final = stage_dir(run.run_dir, run.round, run.stage.name)
-    with StageRun(final, spec, force=run.force) as stage_run:
-        if stage_run.skipped:
-            return stage_run.manifest
-        OmegaConf.save(OmegaConf.structured(run), stage_run.work_dir / "config.yaml")
-        (stage_run.work_dir / "logs").mkdir(exist_ok=True)
-        context = StageContext(work_dir=stage_run.work_dir, inputs=spec.inputs, resuming=stage_run.resuming)
+    is_main = not multi or distributed.rank() == 0
+    with StageRun(final, spec, force=run.force) if is_main else nullcontext() as stage_run:
+        decision: dict[str, Any] | None = None
+        if stage_run is not None:
+            decision = {"skipped": stage_run.skipped, "resuming": stage_run.resuming, "manifest": stage_run.manifest}
+        if multi:
+            decision = distributed.broadcast(decision)
+        assert decision is not None
+        if decision["skipped"]:
+            skipped_manifest: dict[str, Any] = decision["manifest"]
+            return skipped_manifest
+        work_dir = partial_dir(final)
+        if is_main:
+            OmegaConf.save(OmegaConf.structured(run), work_dir / "config.yaml")
+            (work_dir / "logs").mkdir(exist_ok=True)
+        if multi:
+            distributed.barrier()
+        context = StageContext(work_dir=work_dir, inputs=spec.inputs, resuming=bool(decision["resuming"]))
         result = module.run(run, context)
-        outputs = sorted({*result.outputs, "config.yaml", "logs"})
-        return stage_run.commit(outputs=outputs, metrics=result.metrics)
+        if multi:
+            result = distributed.broadcast(result)  # rank 0's outputs and metrics are the stage's
+        manifest: dict[str, Any] = {}
+        if stage_run is not None:
+            manifest = stage_run.commit(outputs=sorted({*result.outputs, "config.yaml", "logs"}),
+                                        metrics=result.metrics)
+        if multi:
+            manifest = distributed.broadcast(manifest)
+        return manifest

@@ -8,6 +8,7 @@ from typing import Any
 
 from alignment.artifacts import is_complete, read_manifest
 from stages.config.stage_configs import RunConfig
+from stages.paths import dataset_path
 
 
 def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]:
@@ -136,6 +137,22 @@ def build_schedule(run: RunConfig, streams: dict[int, Any], best: tuple[float | 
                          (best[0] or 0.0, best[1] or 0.0), objective.refresh_every)
 
 
-def verifier_report(run: RunConfig, model: Any, tokenizer: Any, inputs: dict[str, str]) -> dict[str, Any]:
-    """Verifier accuracy per task family on the world's held-out prompts (only for world data)."""
-    return {}
+def verifier_report(run: RunConfig, trained_dir: str, policy_dir: str) -> dict[str, Any]:
+    """Verifier accuracy per task family on the world's held-out prompts, before (``verifier_before/*``) and
+    after training (``verifier/*``); empty unless ``data.eval_tasks`` is a world split."""
+    from alignment.data.readers import read_jsonl
+    from alignment.evaluation.verifier import verifier_accuracy
+    from alignment.generation.base import BackendOptions
+    from alignment.generation.factory import create_backend
+    from alignment.generation.sources import resolve_model_source
+
+    if not run.stage.verifier_eval or run.data.eval_tasks.world_split is None:
+        return {}
+    tasks = list(read_jsonl(dataset_path(run, run.data.eval_tasks)))
+    report: dict[str, Any] = {}
+    for prefix, path in (("verifier_before", policy_dir), ("verifier", trained_dir)):
+        choice = create_backend("hf", resolve_model_source(path), BackendOptions(batch_size=64))
+        with choice.backend as backend:
+            accuracy = verifier_accuracy(backend, backend.tokenizer, tasks)
+        report.update({key.replace("verifier", prefix, 1): value for key, value in accuracy.items()})
+    return report

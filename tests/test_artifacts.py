@@ -179,11 +179,16 @@ def test_force_keeps_the_stale_dir_and_recomputes(final: Path, input_file: Path)
     assert read_manifest(final)["fingerprint"] == run.fingerprint != old_fingerprint
 
 
-def test_force_on_a_matching_artifact_still_skips(final: Path, input_file: Path) -> None:
-    run_fake(final, make_spec(input_file))
+def test_force_on_a_matching_artifact_redoes_it_and_keeps_the_old_one(final: Path, input_file: Path) -> None:
+    first, _ = run_fake(final, make_spec(input_file))
     run, worked = run_fake(final, make_spec(input_file), force=True)
-    assert worked == 0 and run.skipped
+    assert worked == 1 and not run.skipped
+    replaced = siblings(final, ".replaced-")
+    assert len(replaced) == 1
+    assert read_manifest(replaced[0]) == first.manifest
     assert siblings(final, ".stale-") == []
+    assert read_manifest(final)["fingerprint"] == first.manifest["fingerprint"]
+    assert read_manifest(final)["timestamps"] != first.manifest["timestamps"]
 
 
 # --- partial work ------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """End-to-end tests of the ``alignment_run`` command on ``stage=prepare`` with a very small world.
 
 One module-scoped prepare run is shared by the tests that only read it; tests that change a run directory work
-on a copy, so each test holds on its own. Three prepare runs in all (shared, force, resume after SIGKILL).
+on a copy, so each test holds on its own. Two full prepare runs in all: the shared one, and a forced one that
+is SIGKILLed once and then resumed.
 """
 
 from __future__ import annotations
@@ -89,28 +90,6 @@ def test_runtime_key_change_still_skips(prepared: Path) -> None:
     assert "skipping" in result.stdout
 
 
-def test_semantic_change_is_refused_then_forced(prepared: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    shutil.copytree(prepared, run_dir)
-    final = prepare_of(run_dir)
-    old = read_manifest(final)
-
-    refused = alignment_run(run_dir, "world.seed=7")
-    assert refused.returncode == 2
-    assert "world.seed: 1234 -> 7" in refused.stderr
-    assert "force=true" in refused.stderr
-    assert read_manifest(final) == old
-    assert sorted(p.name for p in final.parent.iterdir()) == ["prepare", "prepare.lock"]
-
-    forced = alignment_run(run_dir, "world.seed=7", "force=true")
-    assert forced.returncode == 0, forced.stderr
-    stale = sorted(final.parent.glob("prepare.stale-*"))
-    assert len(stale) == 1
-    assert read_manifest(stale[0]) == old
-    new = assert_complete(final)
-    assert new["config"]["world"]["seed"] == 7 and new["fingerprint"] != old["fingerprint"]
-
-
 def test_unknown_key_fails_naming_it(tmp_path: Path) -> None:
     for override in ("world.sede=7", "+world.sede=7"):
         result = alignment_run(tmp_path / "run", override)
@@ -129,12 +108,12 @@ def test_every_invalid_value_is_reported_before_work(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_sigkill_during_prepare_then_rerun_completes(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    final = prepare_of(run_dir)
-    partial = final.with_name("prepare.partial")
-    process = subprocess.Popen([*COMMAND, *SMALL_WORLD, f"run_dir={run_dir}"], cwd=tmp_path, env=cli_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def kill_once_partial_exists(run_dir: Path, *overrides: str) -> None:
+    """Start ``alignment_run`` and SIGKILL its process group as soon as ``prepare.partial`` has started."""
+    partial = prepare_of(run_dir).with_name("prepare.partial")
+    process = subprocess.Popen([*COMMAND, *SMALL_WORLD, f"run_dir={run_dir}", *overrides], cwd=run_dir.parent,
+                               env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     try:
         deadline = time.time() + TIMEOUT_S
         while not (partial / "config.yaml").is_file():
@@ -146,13 +125,38 @@ def test_sigkill_during_prepare_then_rerun_completes(tmp_path: Path) -> None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
-    assert not final.exists()
+
+
+def test_semantic_change_is_refused_then_forced_through_a_sigkill(prepared: Path, tmp_path: Path) -> None:
+    """Refused without force; a forced run killed mid-stage commits nothing; re-running it resumes and completes.
+
+    One test (on a copy of the shared run) so that the forced prepare is also the killed-and-resumed one.
+    """
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared, run_dir)
+    final = prepare_of(run_dir)
+    partial = final.with_name("prepare.partial")
+    old = read_manifest(final)
+
+    refused = alignment_run(run_dir, "world.seed=7")
+    assert refused.returncode == 2
+    assert "world.seed: 1234 -> 7" in refused.stderr
+    assert "force=true" in refused.stderr
+    assert read_manifest(final) == old
+    assert sorted(p.name for p in final.parent.iterdir()) == ["prepare", "prepare.lock"]
+
+    kill_once_partial_exists(run_dir, "world.seed=7", "force=true")
+    assert not final.exists()  # force moved the old artifact aside; the killed run committed nothing
     assert partial.is_dir()
     assert not (partial / SUCCESS).exists() and not (partial / MANIFEST).exists()
     assert json.loads((partial / "pending.json").read_text())["stage"] == "prepare"
 
-    result = alignment_run(run_dir)
-    assert result.returncode == 0, result.stderr
-    assert "resuming partial work" in result.stdout
-    assert_complete(final)
+    forced = alignment_run(run_dir, "world.seed=7", "force=true")
+    assert forced.returncode == 0, forced.stderr
+    assert "resuming partial work" in forced.stdout
     assert not partial.exists()
+    stale = sorted(final.parent.glob("prepare.stale-*"))
+    assert len(stale) == 1
+    assert read_manifest(stale[0]) == old
+    new = assert_complete(final)
+    assert new["config"]["world"]["seed"] == 7 and new["fingerprint"] != old["fingerprint"]

@@ -94,9 +94,6 @@ def test_option_values_reach_the_dataclasses() -> None:
     assert run.model.name_or_path == "/models/lm"
 
 
-@pytest.mark.xfail(strict=True, reason="configs/model/hf.yaml's `name_or_path: ???` does not override the schema "
-                                       "default 'world' (OmegaConf keeps the old value when merging ???), so "
-                                       "model=hf without model.name_or_path silently uses the world model")
 def test_model_hf_without_a_name_is_rejected() -> None:
     with pytest.raises(Exception, match="name_or_path"):
         run = compose_run("model=hf")

@@ -204,7 +204,7 @@ def pretraining_texts(seed: int, n: int, correct_fraction: float = 0.5) -> list[
     if not 0.0 <= correct_fraction <= 1.0:
         raise ValueError(f"correct_fraction={correct_fraction} must be in [0, 1]")
     rng = random.Random(f"pretrain:{seed}")
-    texts = []
+    texts: list[str] = []
     while len(texts) < n:
         family = FAMILIES[len(texts) % len(FAMILIES)]
         prompt = sample_prompt(family, rng)

@@ -42,9 +42,11 @@ def tiny_config(size: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         **_COMMON,
-        attn_implementation="sdpa",
         **MODEL_SIZES[size],
     )
+    # Set after construction: LlamaConfig's typed signature does not list it, but from_pretrained and the
+    # model honour it (vLLM ignores it and uses its own kernels).
+    config._attn_implementation = "sdpa"
     return config
 
 

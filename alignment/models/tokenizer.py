@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
@@ -87,7 +87,7 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> Path:
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
     """Save ``tokenizer`` (with its chat template) to directory ``path``; reload with ``AutoTokenizer``."""
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ class MetricsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.trackers = trackers or []
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         """Record ``values`` at ``step`` (non-finite floats are written as strings so the file stays JSON)."""
@@ -41,7 +41,7 @@ class MetricsLog:
         self._handle.close()
         kept = [line for line in read_metrics(self.path) if int(line["step"]) <= step]
         self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
 
     def close(self) -> None:
         self._handle.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any
+
 
 class ConfigError(ValueError):
     """Raised by ``validate()`` with the full list of problems, before any model is loaded."""
@@ -12,11 +16,9 @@ class ConfigError(ValueError):
         super().__init__(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
 
 
-def runtime(default: object = None, **kwargs: object):
+def runtime(default: Any = None, default_factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field excluded from the stage fingerprint (devices, logging, workers...)."""
-    from dataclasses import field
-
     metadata = {"runtime": True}
-    if "default_factory" in kwargs:
-        return field(default_factory=kwargs["default_factory"], metadata=metadata)  # type: ignore[arg-type]
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)

