@@ -17,10 +17,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from alignment.artifacts import ArtifactError
+from stages.compose import CONFIG_DIR
 from stages.config.errors import ConfigError
 from stages.config.store import check_overrides, register_configs
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 def _to_run_config(cfg: DictConfig):

@@ -18,6 +18,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def is_secondary_node() -> bool:
+    """A node > 0 of a multi-node job launched without torchrun (``NODE_RANK``/``NNODES`` only)."""
+    return "WORLD_SIZE" not in os.environ and int(os.environ.get("NODE_RANK", "0")) > 0
+
+
 def init_process_group() -> None:
     """Join the process group torchrun described in the environment (gloo on CPU, nccl on GPUs)."""
     import torch

@@ -146,7 +146,8 @@ def load_prompt_items(run: RunConfig, tokenizer: Any) -> tuple[list[Any], dict[s
         if len(ids) > run.stage.max_prompt_tokens:
             too_long += 1
             continue
-        items.append(PromptItem(id=row.id, messages=tuple(row.messages), prompt_ids=tuple(ids), meta=row.meta))
+        meta = {key: value for key, value in row.meta.items() if key != "prompt"}  # the prompt has its own field
+        items.append(PromptItem(id=row.id, messages=tuple(row.messages), prompt_ids=tuple(ids), meta=meta))
     counts = {"prompts_from": kind, "prompts_source": path, "prompts_read": len(result.rows),
               "bad_prompt_rows_skipped": result.skipped, "duplicate_prompts": len(rows) - len(seen),
               "prompts_too_long": too_long}
@@ -177,6 +178,7 @@ def _generate_shards(run: RunConfig, work_dir: Any, rank: int, workers: int) -> 
 
     Returns ``{"info": generation metrics of this worker, "counts": prompt counts, "shards": every shard}``.
     """
+    from alignment.data.readers import write_jsonl
     from alignment.generation.factory import create_backend
     from alignment.generation.responses import generate_rows
     from alignment.generation.sharding import missing_shards, plan_shards, run_shards, shards_of_worker
@@ -189,6 +191,10 @@ def _generate_shards(run: RunConfig, work_dir: Any, rank: int, workers: int) -> 
     shard_dir.mkdir(parents=True, exist_ok=True)
     mine = shards_of_worker(shards, rank, workers)
     todo = {shard.index for shard in missing_shards(mine, shard_dir)}
+    for shard in mine:
+        if shard.index in todo and shard.size == 0:  # no prompts at all: no engine to start
+            write_jsonl(shard.path(shard_dir), [])
+            todo.discard(shard.index)
     info: dict[str, Any] = {"backend": None, "backend_requested": run.stage.backend,
                             "backend_fallback_reason": None, "startup_seconds": 0.0, "generation_seconds": 0.0,
                             "worker_generated_tokens": 0}

@@ -14,8 +14,8 @@ TRAINED_MODEL_DIR = "model"
 
 
 def prepare_dir(run: RunConfig) -> Path:
-    """The embedded world's artifact: shared by every round of a run."""
-    return stage_dir(run.run_dir, 0, "prepare")
+    """The embedded world's artifact: shared by every round of a run (and by runs naming it in ``world_dir``)."""
+    return stage_dir(run.world_dir or run.run_dir, 0, "prepare")
 
 
 def uses_world(run: RunConfig) -> bool:

@@ -53,6 +53,11 @@ def run_stage(run: RunConfig) -> dict[str, Any]:
     Under ``torchrun`` every rank calls this; rank 0 alone manages the stage directory.
     """
     validate_or_raise(run)
+    module = stage_module(run.stage.name)
+    if distributed.is_secondary_node() and hasattr(module, "run_worker"):
+        # multi-node without torchrun (NODE_RANK/NNODES): this node only produces its shards; node 0 commits
+        worker_report: dict[str, Any] = module.run_worker(run)
+        return worker_report
     multi = distributed.world_size() > 1
     if multi:
         distributed.init_process_group()
@@ -60,7 +65,6 @@ def run_stage(run: RunConfig) -> dict[str, Any]:
         ensure_world(run)
     if multi:
         distributed.barrier()
-    module = stage_module(run.stage.name)
     if run.dry_run:
         report: dict[str, Any] = module.dry_run(run, module.inputs(run))
         return report

@@ -62,9 +62,9 @@ def build_components(run: RunConfig, inputs: dict[str, str], examples: dict[str,
 
     loss = run.loss
     params = LossParams(**{k: v for k, v in vars(loss).items() if k != "name"})
-    preference = PreferenceComponent(LossType(loss.name), params, reference_fn)
     train = run.stage.train
     pad = _pad_id(tokenizer)
+    preference = PreferenceComponent(LossType(loss.name), params, reference_fn, pad_id=pad)
     shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
     components: dict[int, Any] = {}
     streams: dict[int, Any] = {}

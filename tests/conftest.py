@@ -9,25 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from stages.compose import compose_run
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 # A world small enough to build in seconds; models still learn on it.
-SMALL_WORLD = ("world=ci", "world.pretrain_steps=40")
-
-
-def compose_run(*overrides: str):
-    """A validated-type :class:`RunConfig` from the real configs, as ``alignment_run`` would build it."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from stages.config.store import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)
+SMALL_WORLD = ("world=ci",)
 
 
 @pytest.fixture(scope="session")

@@ -96,12 +96,15 @@ def test_batched_greedy_equals_one_prompt_at_a_time(hf: HFBackend) -> None:
 
 
 def test_greedy_repeats_one_answer_n_times_and_counts_tokens(hf: HFBackend) -> None:
-    completion = hf.generate(encode(hf, PROMPTS[:1]), SamplingSettings(n=3, temperature=0.0, max_new_tokens=12))[0]
+    settings = SamplingSettings(n=3, temperature=0.0, max_new_tokens=32)
+    completion = hf.generate(encode(hf, PROMPTS[:1]), settings)[0]
     assert len(set(completion.texts)) == 1 and len(completion.texts) == 3
-    text = completion.texts[0]
-    assert completion.finish_reasons == [FINISH_STOP] * 3  # the pretrained model ends answers with EOS
-    eos_included = len(hf.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
-    assert completion.n_tokens[0] == eos_included
+    assert len(set(completion.finish_reasons)) == 1 and len(set(completion.n_tokens)) == 1
+    text_tokens = len(hf.tokenizer(completion.texts[0], add_special_tokens=False)["input_ids"])
+    if completion.finish_reasons[0] == FINISH_STOP:  # ended by EOS, which is counted but not in the text
+        assert completion.n_tokens[0] == text_tokens + 1
+    else:
+        assert completion.n_tokens[0] == 32
 
 
 def test_max_new_tokens_truncates_and_says_so(hf: HFBackend) -> None:
@@ -110,10 +113,10 @@ def test_max_new_tokens_truncates_and_says_so(hf: HFBackend) -> None:
 
 
 def test_stop_strings_end_the_response_and_are_not_included(hf: HFBackend) -> None:
-    ids = encode(hf, ["Uppercase the words: cat dog hat"])
+    ids = encode(hf, ["Uppercase the words: cat dog hat star moon"])
     free = hf.generate(ids, SamplingSettings(temperature=0.0, max_new_tokens=16))[0].texts[0]
-    assert " " in free, free
-    stop = free.split(" ")[1][:2]  # a string that occurs inside the free answer
+    assert len(free) >= 3, free
+    stop = free[1:3]  # a string that occurs inside the free answer
     stopped = hf.generate(ids, SamplingSettings(temperature=0.0, max_new_tokens=16, stop=(stop,)))[0]
     assert stopped.texts[0] == free[: free.index(stop)]
     assert stopped.finish_reasons == [FINISH_STOP]

@@ -6,7 +6,6 @@ model from the same engine, so a single start-up covers base and adapter checks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +41,6 @@ def engine(adapter_source: ModelSource) -> Iterator[object]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: ~seconds to start
-        patch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
         backend = VLLMBackend(adapter_source, ENGINE_OPTIONS)
         yield backend
         backend.close()

@@ -227,3 +227,11 @@ def test_generate_with_the_vllm_backend(world_run_dir, monkeypatch) -> None:
     manifest = generate(run_dir, "stage.backend=auto", "stage.kv_cache_gb=0.25", "stage.enforce_eager=true")
     assert manifest["metrics"]["backend"] == "vllm" and manifest["metrics"]["backend_fallback_reason"] is None
     assert read_manifest(stage_dir(run_dir, 0, "generate"))["metrics"]["backends"] == ["vllm"]
+
+
+def test_prompts_over_the_token_limit_are_skipped_and_counted(world_run_dir) -> None:
+    run_dir = world_run_dir()
+    manifest = generate(run_dir, "stage.max_prompt_tokens=3")  # every chat prompt is longer than 3 tokens
+    metrics = manifest["metrics"]
+    assert metrics["prompts_too_long"] == len(world_split(run_dir, "prompts")) and metrics["prompts"] == 0
+    assert metrics["backend"] is None and responses_of(run_dir) == []

@@ -25,6 +25,8 @@ from alignment.generation.base import (
 )
 from alignment.generation.sources import ModelSource, load_hf_model
 
+INCOMPLETE_CHAR = "\ufffd"
+
 
 class HFBackend(GenerationBackend):
     """A transformers causal LM (an adapter is merged in on load)."""
@@ -67,9 +69,8 @@ class HFBackend(GenerationBackend):
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(request_seed(settings.seed, ",".join(map(str, seeds))))
             output = self.model.generate(input_ids=input_ids.to(self.device),
-                                         attention_mask=attention_mask.to(self.device),
-                                         num_return_sequences=samples, tokenizer=self.tokenizer,
-                                         **self._generate_kwargs(settings))
+                                         attention_mask=attention_mask.to(self.device), tokenizer=self.tokenizer,
+                                         **self._generate_kwargs(settings, samples))
         generated = output[:, input_ids.shape[1]:].tolist()
         completions = []
         for i, prompt in enumerate(batch):
@@ -85,30 +86,41 @@ class HFBackend(GenerationBackend):
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
-    def _generate_kwargs(self, settings: SamplingSettings) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": settings.max_new_tokens,
-            "pad_token_id": self._pad_id(),
-            "eos_token_id": self.tokenizer.eos_token_id,
-            "use_cache": True,
-        }
+    def _generate_kwargs(self, settings: SamplingSettings, samples: int) -> dict[str, Any]:
+        """A complete ``GenerationConfig``: nothing from the checkpoint's own generation config (such as a
+        repetition penalty) applies, as in vLLM with explicit sampling parameters; its EOS ids do apply."""
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(max_new_tokens=settings.max_new_tokens, pad_token_id=self._pad_id(),
+                                  eos_token_id=self._eos_ids(), use_cache=True, do_sample=not settings.greedy,
+                                  num_return_sequences=samples)
+        if not settings.greedy:
+            config.temperature, config.top_p = settings.temperature, settings.top_p
+            config.top_k = settings.top_k if settings.top_k > 0 else 0
         if settings.stop:
-            kwargs["stop_strings"] = list(settings.stop)
-        if settings.greedy:
-            # Explicit values override a checkpoint's generation_config (which may ask for sampling).
-            return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {**kwargs, "do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p,
-                "top_k": settings.top_k if settings.top_k > 0 else 0}
+            config.stop_strings = list(settings.stop)
+        return {"generation_config": config}
+
+    def _eos_ids(self) -> list[int]:
+        """The tokenizer's EOS plus any listed in the checkpoint's generation config (vLLM stops on both)."""
+        ids = {int(self.tokenizer.eos_token_id)}
+        listed = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update([listed] if isinstance(listed, int) else list(listed or []))
+        return sorted(ids)
 
     def _decode(self, ids: list[int], settings: SamplingSettings) -> tuple[str, str, int]:
         """(text, finish reason, generated token count) of one generated row (padding after EOS removed)."""
-        eos = self.tokenizer.eos_token_id
-        if eos in ids:
-            tokens, ended = ids[: ids.index(eos) + 1], True
+        eos = set(self._eos_ids())
+        end = next((i for i, token in enumerate(ids) if token in eos), None)
+        if end is not None:
+            tokens, ended = ids[: end + 1], True
         else:
             tokens = strip_trailing(ids, self._pad_id())
             ended = len(tokens) < settings.max_new_tokens  # only a stop string ends a row early without EOS
-        text, stopped = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
+        # A response cut inside a multi-byte character decodes to a trailing U+FFFD; vLLM's incremental
+        # detokenizer never emits that incomplete character, so drop it here too.
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).rstrip(INCOMPLETE_CHAR)
+        text, stopped = cut_at_stop(text, settings.stop)
         return text, FINISH_STOP if ended or stopped else FINISH_LENGTH, len(tokens)
 
     def close(self) -> None:

@@ -118,9 +118,13 @@ class VLLMBackend(GenerationBackend):
                 self._lora_request = None
                 gc.collect()
         self._temp_dir = tempfile.mkdtemp(prefix="merged-adapter-")
-        merged = merge_adapter(self.source, self._temp_dir, dtype=self.options.dtype)
-        self.adapter_mode = "merged into a temporary directory"
-        return self._engine(merged, lora_rank=None)
+        try:
+            merged = merge_adapter(self.source, self._temp_dir, dtype=self.options.dtype)
+            self.adapter_mode = "merged into a temporary directory"
+            return self._engine(merged, lora_rank=None)
+        except BaseException:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            raise
 
     def _start_with_lora(self) -> Any:
         from vllm.lora.request import LoRARequest
@@ -129,18 +133,14 @@ class VLLMBackend(GenerationBackend):
         llm = self._engine(self.source, lora_rank=adapter_rank(self.source.adapter))
         self._lora_request = LoRARequest("policy", 1, self.source.adapter)
         self.adapter_mode = "vllm LoRARequest"
-        probe = self.tokenizer_ids_for_probe(llm)
-        llm.generate([probe], sampling_params(SamplingSettings(temperature=0.0, max_new_tokens=1), 0),
-                     lora_request=self._lora_request, use_tqdm=False)  # fail here, not mid-run
+        probe = _probe_prompt(llm)
+        try:  # fail here, not mid-run
+            llm.generate([probe], sampling_params(SamplingSettings(temperature=0.0, max_new_tokens=1), 0),
+                         lora_request=self._lora_request, use_tqdm=False)
+        except Exception:
+            _shutdown_engine(llm)
+            raise
         return llm
-
-    @staticmethod
-    def tokenizer_ids_for_probe(llm: Any) -> Any:
-        from vllm.inputs import TokensPrompt
-
-        tokenizer = llm.get_tokenizer()
-        first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        return TokensPrompt(prompt_token_ids=[int(first)])
 
     def _engine(self, source: ModelSource, lora_rank: int | None) -> Any:
         from vllm import LLM
@@ -179,12 +179,35 @@ class VLLMBackend(GenerationBackend):
         if self.llm is None or not self._owns_engine:
             self.llm = None
             return
+        _shutdown_engine(self.llm)
         self.llm = None
-        gc.collect()  # the engine shuts down (and leaves torch.distributed) when collected
+        gc.collect()
         torch.set_num_threads = self._set_num_threads
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+def _probe_prompt(llm: Any) -> Any:
+    """A one-token prompt (BOS) to check that the engine can serve a request."""
+    from vllm.inputs import TokensPrompt
+
+    tokenizer = llm.get_tokenizer()
+    first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return TokensPrompt(prompt_token_ids=[int(first)])
+
+
+def _shutdown_engine(llm: Any) -> None:
+    """Stop the engine now (in-process: leaves torch.distributed and frees the KV cache), instead of whenever
+    the last reference is collected, which may be at interpreter exit after other code changed the process
+    group."""
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine_core is None or not hasattr(engine_core, "shutdown"):
+        return
+    try:
+        engine_core.shutdown()
+    except Exception as error:  # noqa: BLE001 - shutting down must not hide the run's own result
+        logger.warning("vLLM engine shutdown failed: %s", error)
 
 
 def _completion(output: Any, settings: SamplingSettings) -> Completion:

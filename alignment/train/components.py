@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from alignment.data.tokenize import IGNORE_INDEX
 from alignment.logprobs import sequence_logprobs, token_kl_to_teacher
 from alignment.losses import (
     LossOutput,
@@ -65,11 +66,14 @@ class PreferenceComponent:
     loss_type: LossType
     params: LossParams
     reference: ReferenceFn | None
+    pad_id: int = 0
     name: str = "preference"
 
     def outputs(self, model: Any, batch: Batch) -> LossOutput:
         """Per-example preference losses and rewards of ``batch``."""
         logps = sequence_logprobs(forward_logits(model, batch), batch["labels"])
+        if not self.loss_type.paired:
+            return self._unpaired_outputs(model, batch, logps.sum, logps.count)
         half = logps.sum.shape[0] // 2
         inputs = PreferenceInputs(
             policy_chosen_logps=logps.sum[:half], policy_rejected_logps=logps.sum[half:],
@@ -79,6 +83,23 @@ class PreferenceComponent:
             if self.reference is None:
                 raise ValueError(f"loss {self.loss_type.value!r} needs reference log-probs but none were given")
             inputs.reference_chosen_logps, inputs.reference_rejected_logps = self.reference(batch)
+        return preference_loss(self.loss_type, self.params, inputs)
+
+    def _unpaired_outputs(self, model: Any, batch: Batch, logps: torch.Tensor, lengths: torch.Tensor) -> LossOutput:
+        """KTO on a pair batch: chosen rows are desirable completions, rejected rows undesirable; the KL
+        reference point comes from mismatched (prompt, completion) rows of the same batch (no gradient)."""
+        if self.reference is None:
+            raise ValueError("KTO needs reference log-probs but none were given")
+        half = logps.shape[0] // 2
+        desirable = torch.arange(logps.shape[0], device=logps.device) < half
+        reference = torch.cat(self.reference(batch))
+        mismatched = mismatched_batch(batch, self.pad_id)
+        with torch.no_grad():
+            kl_policy = sequence_logprobs(forward_logits(model, mismatched), mismatched["labels"]).sum
+        kl_reference = torch.cat(self.reference(mismatched))
+        inputs = PreferenceInputs(policy_completion_logps=logps, reference_completion_logps=reference,
+                                  completion_is_desirable=desirable, completion_lengths=lengths,
+                                  kl_policy_logps=kl_policy, kl_reference_logps=kl_reference)
         return preference_loss(self.loss_type, self.params, inputs)
 
     def loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -102,6 +123,29 @@ class KDComponent:
         per_example = token_kl_to_teacher(forward_logits(model, batch), teacher_logits, batch["labels"])
         loss = per_example.mean()
         return loss, {"kd_loss": float(loss.detach())}
+
+
+def mismatched_batch(batch: Batch, pad_id: int) -> Batch:
+    """Each row's prompt followed by the NEXT row's response (cyclically): the unrelated completions KTO uses
+    to estimate KL(π‖π_ref). ``batch`` is a ``collate_preference`` batch (``prompt_lengths``/``response_lengths``)."""
+    ids, prompts, responses = batch["input_ids"], batch["prompt_lengths"].tolist(), batch["response_lengths"].tolist()
+    rows = ids.shape[0]
+    sequences, labels = [], []
+    for row in range(rows):
+        donor = (row + 1) % rows
+        prompt = ids[row, : prompts[row]]
+        response = ids[donor, prompts[donor]: prompts[donor] + responses[donor]]
+        sequences.append(torch.cat([prompt, response]))
+        labels.append(torch.cat([torch.full_like(prompt, IGNORE_INDEX), response]))
+    width = max(len(s) for s in sequences)
+    out = {"input_ids": torch.full((rows, width), pad_id, dtype=ids.dtype, device=ids.device),
+           "attention_mask": torch.zeros((rows, width), dtype=torch.long, device=ids.device),
+           "labels": torch.full((rows, width), IGNORE_INDEX, dtype=ids.dtype, device=ids.device)}
+    for row, (sequence, label) in enumerate(zip(sequences, labels, strict=True)):
+        out["input_ids"][row, : len(sequence)] = sequence
+        out["attention_mask"][row, : len(sequence)] = 1
+        out["labels"][row, : len(label)] = label
+    return out
 
 
 def model_reference(reference_model: Any) -> ReferenceFn:

@@ -208,7 +208,7 @@ class WorldConfig:
     vocab_size: int = 1024
     pretrain_steps: int = 300
     pretrain_batch_size: int = 32
-    pretrain_lr: float = 3e-3
+    pretrain_lr: float = 1e-3
     pretrain_correct_fraction: float = 0.5
 
     def validate(self) -> list[str]:

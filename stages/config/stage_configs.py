@@ -309,6 +309,7 @@ class RunConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run_dir: str = "runs/default"
+    world_dir: str = ""  # run directory holding the embedded world (round_00/prepare); empty: run_dir itself
     round: int = 0
     seed: int = 0
     force: bool = False
