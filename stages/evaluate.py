@@ -1,22 +1,368 @@
-"""``stage=evaluate``: not implemented yet in this version; its config already validates."""
+"""``stage=evaluate``: compare ``stage.models`` on ``stage.suites`` and write ``eval.json``, ``eval.md`` and plots.
+
+Models: ``base`` (the run's base model), a stage artifact such as ``round_00/joint_train`` (relative to the run
+directory or absolute; its ``model/`` is evaluated), a model or LoRA adapter directory, or a Hub id. Every model
+generates with the same sampling settings and seed; generations are cached under
+``{run_dir}/cache/evaluate/<suite>/<model-key>.jsonl`` keyed by model fingerprint + prompts + sampling, so
+re-judging never regenerates. Copies land in the artifact (``generations/``, ``alpaca_eval/``, ``mt_bench/``).
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
+from alignment.artifacts import input_fingerprint, is_complete
 from stages.config.stage_configs import RunConfig
+from stages.paths import TRAINED_MODEL_DIR, dataset_path, model_path
 from stages.registry import StageContext, StageResult
 
-STAGE_VERSION = 0
+STAGE_VERSION = 1
+GENERATION_SUITES = ("win_rate", "mt_bench", "verifier")
+
+
+# --- models ---------------------------------------------------------------------------------------------------
+
+
+def model_key(spec: str) -> str:
+    """A short file-name-safe key of a model spec: its last two path parts (``round_00/joint_train`` ->
+    ``round_00_joint_train``), plus a hash of the whole spec when it had more parts (long absolute paths)."""
+    from alignment.hashing import content_hash
+
+    parts = [part for part in spec.strip().split("/") if part]
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts[-2:])).strip("._") or "model"
+    return f"{key}-{content_hash(spec, n_chars=6)}" if len(parts) > 2 else key
+
+
+def resolve_models(run: RunConfig) -> dict[str, dict[str, str]]:
+    """``key -> {"spec", "path" (what is loaded), "input" (what identifies it)}`` for every ``stage.models``."""
+    models: dict[str, dict[str, str]] = {}
+    for spec in run.stage.models:
+        path = input_path = spec
+        if spec == "base":
+            path = input_path = model_path(run)
+        else:
+            for candidate in (Path(run.run_dir) / spec, Path(spec)):
+                if candidate.is_dir() and is_complete(candidate):  # a stage artifact: evaluate its model
+                    path, input_path = str(candidate / TRAINED_MODEL_DIR), str(candidate)
+                    break
+        key = model_key(spec)
+        while key in models:
+            key += "_"
+        models[key] = {"spec": spec, "path": path, "input": input_path}
+    return models
 
 
 def inputs(run: RunConfig) -> dict[str, str]:
-    return {}
+    found = {f"model:{key}": info["input"] for key, info in resolve_models(run).items()}
+    stage = run.stage
+    if "preference" in stage.suites:
+        found["reference_model"] = model_path(run)
+    optional = {"reference_outputs": ("win_rate", stage.reference_outputs), "mmlu": ("mmlu", stage.mmlu_path),
+                "mt_bench": ("mt_bench", stage.mt_bench_path)}
+    for name, (suite, path) in optional.items():
+        if suite in stage.suites:
+            found[name] = path
+    if "win_rate" in stage.suites or ("mt_bench" in stage.suites and stage.mt_bench_judge):
+        found["judge"] = stage.ranker_model if stage.ranker != "judge" else stage.judge_model
+    return found
+
+
+def model_source(run: RunConfig, path: str) -> Any:
+    from alignment.generation.sources import resolve_model_source
+
+    return resolve_model_source(path, base_model=model_path(run))
+
+
+# --- config -> library values ---------------------------------------------------------------------------------
+
+
+def settings_report(run: RunConfig) -> dict[str, Any]:
+    """What makes the comparison fair and repeatable: seeds, sampling, judge, data sources, sample limits."""
+    from stages.generate import sampling_settings
+
+    stage = run.stage
+    judge: dict[str, Any] = {"ranker": stage.ranker, "model": stage.ranker_model or stage.judge_model,
+                             "both_orders": True, "ties": "half a win"}
+    if stage.ranker == "judge":
+        from alignment.ranking.judge_prompts import PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE
+
+        judge.update(mode=stage.judge_mode, samples=stage.judge_samples, temperature=stage.judge_temperature,
+                     template=PAIRWISE_TEMPLATE if stage.judge_mode == "pairwise" else POINTWISE_TEMPLATE)
+    return {"seed": run.seed, "suites": list(stage.suites), "sampling": sampling_settings(stage, run.seed).to_dict(),
+            "generation_template": "the tokenizer's chat template (add_generation_prompt=True)",
+            "mmlu_template": "MMLU: subject header, k dev shots, lettered options, 'Answer:' + log-likelihood of ' X'",
+            "mmlu_shots": list(stage.mmlu_shots) if "mmlu" in stage.suites else [],
+            "bootstrap": {"resamples": stage.bootstrap_resamples, "confidence": 0.95, "seed": run.seed},
+            "judge": judge, "loss": {"name": run.loss.name, "beta": run.loss.beta},
+            "data": {"sft_eval": run.data.sft_eval.path, "preference_eval": run.data.preference_eval.path,
+                     "eval_tasks": run.data.eval_tasks.path, "reference_outputs": stage.reference_outputs,
+                     "mmlu": stage.mmlu_path, "mt_bench": stage.mt_bench_path},
+            "limits": {"max_instructions": stage.max_instructions, "mmlu_max_rows": stage.mmlu_max_rows,
+                       "mt_bench_max_questions": stage.mt_bench_max_questions,
+                       "sft_eval_max_rows": run.data.sft_eval.max_rows,
+                       "preference_eval_max_rows": run.data.preference_eval.max_rows}}
 
 
 def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
-    raise NotImplementedError("stage=evaluate is not available in this version")
+    report = {"inputs": stage_inputs, "models": resolve_models(run), "settings": settings_report(run)}
+    print(f"[evaluate] dry run: {json.dumps(report, default=str)}")
+    return report
 
 
 def run(run: RunConfig, ctx: StageContext) -> StageResult:
-    raise NotImplementedError("stage=evaluate is not available in this version")
+    from alignment.evaluation.report import write_report
+
+    models = resolve_models(run)
+    report: dict[str, Any] = {
+        "models": {key: {**info, "fingerprint": input_fingerprint(info["input"])} for key, info in models.items()},
+        "settings": settings_report(run), "results": {}}
+    outputs: set[str] = set()
+    for suite in run.stage.suites:
+        print(f"[evaluate] suite {suite} on {len(models)} model(s)")
+        results, written = SUITES[suite](run, ctx.work_dir, report["models"])
+        report["results"][suite] = results
+        outputs.update(written)
+    outputs.update(write_plots(report, ctx.work_dir))
+    outputs.update(write_report(ctx.work_dir, report))
+    metrics = {f"{suite}/{key}": value for suite, per_model in report["results"].items()
+               for key, value in headline(suite, per_model).items()}
+    return StageResult(outputs=sorted(outputs), metrics=metrics)
+
+
+# --- suites: (run, work_dir, models) -> (results per model key, files written) ----------------------------------
+
+Results = tuple[dict[str, Any], list[str]]
+
+
+def _cache_file(run: RunConfig, suite: str, key: str) -> Path:
+    return Path(run.run_dir) / "cache" / "evaluate" / suite / f"{key}.jsonl"
+
+
+def _generator(run: RunConfig, info: dict[str, str]) -> Any:
+    from alignment.evaluation.suites import Generator
+    from stages.generate import backend_options, sampling_settings
+
+    return Generator(model_source(run, info["path"]), info["fingerprint"], run.stage.backend,
+                     backend_options(run, run.stage.device), sampling_settings(run.stage, run.seed))
+
+
+def _heldout_batches(run: RunConfig, tokenizer: Any, which: str) -> list[Any]:
+    from functools import partial
+
+    from alignment.data.collate import collate_preference, collate_sft
+    from alignment.train.batches import WithIds
+    from stages.data_loading import load_tokenized
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    spec, kind = (run.data.sft_eval, "sft") if which == "sft" else (run.data.preference_eval, "preference")
+    examples, _ = load_tokenized(run, spec, kind, tokenizer)
+    collate = partial(collate_sft, pad_id=pad) if which == "sft" else WithIds(partial(collate_preference, pad_id=pad))
+    size = run.stage.eval_batch_size
+    return [collate(examples[i:i + size]) for i in range(0, len(examples), size)]
+
+
+def suite_sft_loss(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
+    from alignment.evaluation.heldout_eval import heldout_sft
+
+    return {key: with_scoring(run, info, lambda model, tok: heldout_sft(model, _heldout_batches(run, tok, "sft")))
+            for key, info in models.items()}, []
+
+
+def suite_preference(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
+    from alignment.evaluation.heldout_eval import heldout_preference
+    from alignment.evaluation.suites import scoring_device
+    from alignment.generation.sources import load_hf_model
+    from alignment.losses import LossParams, LossType
+    from alignment.train.components import PreferenceComponent, model_reference
+
+    base = load_hf_model(model_source(run, model_path(run)), dtype=run.model.dtype)
+    reference = model_reference(base.to(scoring_device(run.stage.device)))
+    params = LossParams(**{k: v for k, v in vars(run.loss).items() if k != "name"})
+
+    def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        component = PreferenceComponent(LossType(run.loss.name), params, reference, pad_id=int(pad))
+        return heldout_preference(model, _heldout_batches(run, tokenizer, "preference"), component,
+                                  run.stage.bootstrap_resamples, run.seed)
+
+    results = {key: with_scoring(run, info, evaluate) for key, info in models.items()}
+    return results, []
+
+
+def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
+    from alignment.evaluation.suites import alpaca_eval_rows, single_turn_outputs
+    from alignment.evaluation.win_rate import (
+        Matchup,
+        alpaca_eval_metrics,
+        annotation_rows,
+        judge_matchups,
+        model_outputs_rows,
+        win_rate_summary,
+    )
+    from alignment.hashing import content_hash
+    from stages.rank import create_ranker
+
+    stage = run.stage
+    rows = alpaca_eval_rows(stage.reference_outputs, stage.max_instructions)
+    prompts = [(content_hash({"instruction": r["instruction"]}), r["instruction"]) for r in rows]
+    outputs: dict[str, list[str]] = {}
+    results: dict[str, Any] = {}
+    for key, info in models.items():
+        generated, reused = single_turn_outputs(_generator(run, info), prompts, _cache_file(run, "win_rate", key),
+                                                stage.max_prompt_tokens)
+        outputs[key] = [row["responses"][0] for row in generated]
+        results[key] = {"generations_reused": reused}
+    written = []
+    with create_ranker(run) as ranker:
+        annotator = f"{ranker.name}:{stage.ranker_model or stage.judge_model}"
+        for key in models:
+            matchups = [Matchup(key=p[0], instruction=r["instruction"], output=out, reference=r["output"],
+                                reference_generator=str(r.get("generator", "reference")),
+                                dataset=str(r.get("dataset", ""))) for p, r, out in zip(prompts, rows, outputs[key],
+                                                                                        strict=True)]
+            wins, unscored = judge_matchups(ranker, matchups)
+            annotations = annotation_rows(matchups, wins, key, annotator)
+            folder = work_dir / "alpaca_eval" / key
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "model_outputs.json").write_text(json.dumps(model_outputs_rows(matchups, key), indent=2))
+            (folder / "annotations.json").write_text(json.dumps(annotations, indent=2))
+            results[key].update(win_rate_summary(wins, outputs[key], stage.bootstrap_resamples, run.seed),
+                                unscored_judgements=unscored, alpaca_eval=alpaca_eval_metrics(annotations))
+            written.append("alpaca_eval")
+        results["_judge"] = ranker.describe()
+    judge = results.pop("_judge")
+    for key in models:
+        results[key]["judge"] = judge
+    return results, sorted(set(written))
+
+
+def suite_mmlu(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
+    from alignment.data.tokenize import encode_text
+    from alignment.evaluation.mmlu import check_mmlu_row, mmlu_accuracy
+    from alignment.evaluation.suites import read_records
+
+    stage, folder = run.stage, Path(run.stage.mmlu_path)
+    test = [check_mmlu_row(r, f"{folder / 'test.jsonl'} row {i}")
+            for i, r in enumerate(read_records(folder / "test.jsonl"), start=1)][: stage.mmlu_max_rows or None]
+    dev = [check_mmlu_row(r, f"{folder / 'dev.jsonl'} row {i}")
+           for i, r in enumerate(read_records(folder / "dev.jsonl"), start=1)]
+
+    def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
+        return {f"{shots}_shot": mmlu_accuracy(model, lambda text: encode_text(tokenizer, text), test, dev, shots,
+                                               tokenizer.bos_token_id, stage.bootstrap_resamples, run.seed,
+                                               stage.max_prompt_tokens)
+                for shots in stage.mmlu_shots}
+
+    return {key: with_scoring(run, info, evaluate) for key, info in models.items()}, []
+
+
+def with_scoring(run: RunConfig, info: dict[str, str], work: Any) -> Any:
+    from alignment.evaluation.suites import with_scoring_model
+
+    return with_scoring_model(model_source(run, info["path"]), run.model.dtype, work, run.stage.device)
+
+
+def suite_mt_bench(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
+    from alignment.data.readers import write_jsonl
+    from alignment.evaluation.mt_bench import check_question, turn_lengths
+    from alignment.evaluation.suites import mt_bench_outputs, read_records
+
+    path = Path(run.stage.mt_bench_path) / "question.jsonl"
+    questions = [check_question(r, f"{path} row {i}") for i, r in enumerate(read_records(path), start=1)]
+    questions = questions[: run.stage.mt_bench_max_questions or None]
+    results: dict[str, Any] = {}
+    (work_dir / "mt_bench").mkdir(exist_ok=True)
+    for key, info in models.items():
+        answers, reused = mt_bench_outputs(_generator(run, info), questions, key, _cache_file(run, "mt_bench", key))
+        write_jsonl(work_dir / "mt_bench" / f"{key}.jsonl", answers)
+        results[key] = {"questions": len(answers), "generations_reused": reused, **turn_lengths(answers)}
+        results[key]["judge"] = _judge_mt_bench(run, questions, answers) if run.stage.mt_bench_judge else "not judged"
+    return results, ["mt_bench"]
+
+
+def _judge_mt_bench(run: RunConfig, questions: list[Any], answers: list[Any]) -> dict[str, Any]:
+    from alignment.evaluation.mt_bench import judge_groups, judged_summary
+    from stages.rank import create_ranker
+
+    groups = judge_groups(questions, answers)
+    with create_ranker(run) as judge:
+        scores = [scored.scores[0] for scored in judge.score_groups(groups)]
+        return {**judged_summary(groups, scores, run.stage.bootstrap_resamples, run.seed), "judge": judge.describe()}
+
+
+def suite_verifier(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
+    from alignment.data.readers import read_jsonl
+    from alignment.evaluation.suites import single_turn_outputs
+    from alignment.evaluation.world_verifier import verifier_scores
+
+    if run.data.eval_tasks.world_split is None:
+        raise ValueError("suite verifier needs data.eval_tasks to be an embedded-world split (world:<split>)")
+    tasks = list(read_jsonl(dataset_path(run, run.data.eval_tasks)))[: run.data.eval_tasks.max_rows or None]
+    prompts = [(f"task{index}", task["prompt"]) for index, task in enumerate(tasks)]
+    results: dict[str, Any] = {}
+    for key, info in models.items():
+        rows, reused = single_turn_outputs(_generator(run, info), prompts, _cache_file(run, "verifier", key),
+                                           run.stage.max_prompt_tokens)
+        scores = verifier_scores(tasks, [row["responses"][0] for row in rows], run.stage.bootstrap_resamples, run.seed)
+        results[key] = {**scores, "tasks": len(tasks), "generations_reused": reused}
+    return results, []
+
+
+SUITES = {"sft_loss": suite_sft_loss, "preference": suite_preference, "win_rate": suite_win_rate,
+          "mmlu": suite_mmlu, "mt_bench": suite_mt_bench, "verifier": suite_verifier}
+
+
+# --- plots and headline metrics -------------------------------------------------------------------------------
+
+
+def _estimates(report: dict[str, Any], suite: str, *path: str) -> dict[str, Any]:
+    found = {}
+    for key, values in report["results"].get(suite, {}).items():
+        for part in path:
+            values = values.get(part, {}) if isinstance(values, dict) else {}
+        if isinstance(values, dict) and "value" in values:
+            found[key] = values
+    return found
+
+
+def write_plots(report: dict[str, Any], work_dir: Path) -> list[str]:
+    """Win rate and accuracies per model with CIs, and the output-length distribution of the win-rate suite."""
+    from alignment.evaluation.plots import plot_estimates, plot_length_distribution
+
+    plots: dict[str, tuple[tuple[str, ...], str, float | None]] = {"win_rate.png": (("win_rate", "win_rate"), "win rate vs reference", 0.5),
+             "verifier_accuracy.png": (("verifier", "accuracy"), "verifier accuracy", None),
+             "reward_accuracy.png": (("preference", "reward_accuracy"), "implicit-reward accuracy", None)}
+    for shots in report["settings"].get("mmlu_shots", []):
+        plots[f"mmlu_{shots}_shot.png"] = (("mmlu", f"{shots}_shot", "accuracy"), f"MMLU {shots}-shot", 0.25)
+    written = []
+    for name, (path, label, line) in plots.items():
+        estimates = _estimates(report, *path)
+        if estimates:
+            plot_estimates(estimates, work_dir / name, label, reference_line=line)
+            written.append(name)
+    lengths = {}
+    for key in report["models"]:
+        outputs = work_dir / "alpaca_eval" / key / "model_outputs.json"
+        if outputs.is_file():
+            lengths[key] = [len(row["output"]) for row in json.loads(outputs.read_text())]
+    if lengths:
+        plot_length_distribution(lengths, work_dir / "output_lengths.png")
+        written.append("output_lengths.png")
+    return written
+
+
+def headline(suite: str, per_model: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's few numbers per suite and model (the full report is eval.json)."""
+    from alignment.evaluation.report import flatten, is_estimate
+
+    found = {}
+    for key, values in per_model.items():
+        for name, value in flatten(values).items():
+            if is_estimate(value):
+                found[f"{key}/{name}"] = value["value"]
+            elif name in ("sft_loss", "perplexity", "pref_loss", "reward_margin"):
+                found[f"{key}/{name}"] = value
+    return found

@@ -1,22 +1,171 @@
-"""``stage=filter``: not implemented yet in this version; its config already validates."""
+"""``stage=filter``: bilevel selection of ``data.candidates`` rows against the golden set ``data.golden``.
+
+A selector logit per candidate row id is learned with the penalty method of :mod:`alignment.filtering.selector`
+(value-function term through a proxy copy of the policy), then a keep rule picks the rows.
+
+Outputs: ``selection.jsonl`` (``{id, weight, kept}`` per scored candidate), ``filtered.jsonl`` (the kept rows in
+the input row format: train on them with ``data.sft.path=<this dir>/filtered.jsonl``, see
+:func:`filtered_dataset_path`), ``weights.png`` (weight histogram, clean vs corrupted when rows carry
+``meta.corrupted``), ``logs/metrics.jsonl``; manifest metrics: kept count, AUROC / precision / recall against
+the noise labels when present, time.
+"""
 
 from __future__ import annotations
 
+import copy
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+from alignment.artifacts import stage_dir
 from stages.config.stage_configs import RunConfig
+from stages.data_loading import load_rows
+from stages.paths import dataset_path, policy_path
 from stages.registry import StageContext, StageResult
 
-STAGE_VERSION = 0
+STAGE_VERSION = 1
+SELECTION_FILE = "selection.jsonl"
+FILTERED_FILE = "filtered.jsonl"
+HISTOGRAM_FILE = "weights.png"
+
+
+def filtered_dataset_path(run_dir: str | Path, round_index: int = 0) -> str:
+    """Path of the filtered rows of round ``round_index`` (a value for ``data.sft.path``)."""
+    return str(stage_dir(run_dir, round_index, "filter") / FILTERED_FILE)
 
 
 def inputs(run: RunConfig) -> dict[str, str]:
-    return {}
+    """The policy, the golden set, the candidate pool and a separate reference model if one is named."""
+    found = {"policy": policy_path(run), "data.golden": dataset_path(run, run.data.golden),
+             "data.candidates": dataset_path(run, run.data.candidates)}
+    if run.stage.kind == "preference" and run.stage.reference != "initial":  # read by build_policy
+        found["reference"] = run.stage.reference
+    return found
+
+
+def _load(run: RunConfig, tokenizer: Any) -> dict[str, Any]:
+    """Rows and tokenized examples of the golden set and the candidate pool."""
+    from alignment.data.tokenize import tokenize_dataset
+
+    loaded: dict[str, Any] = {}
+    for slot in ("golden", "candidates"):
+        result = load_rows(run, getattr(run.data, slot), run.stage.kind)
+        examples, stats = tokenize_dataset(tokenizer, result.rows, max_length=run.data.max_length,
+                                           truncation=run.data.truncation)
+        if not examples:
+            raise ValueError(f"{result.source}: no usable {run.stage.kind} rows for data.{slot}")
+        loaded[slot] = {"rows": result.rows, "examples": examples,
+                        "stats": {"source": result.source, "skipped_bad_rows": result.skipped, **stats.to_dict()}}
+    return loaded
 
 
 def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
-    raise NotImplementedError("stage=filter is not available in this version")
+    """Read and tokenize both datasets and print their statistics; train nothing."""
+    from alignment.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(stage_inputs["policy"], run.model.trust_remote_code)
+    loaded = _load(run, tokenizer)
+    for slot, data in loaded.items():
+        print(f"[dry run] {slot}: {data['stats']}")
+    print("[dry run] configuration valid; no selection done (dry_run=true)")
+    return {"data": {slot: data["stats"] for slot, data in loaded.items()}}
+
+
+def _policy_and_losses(run: RunConfig, stage_inputs: dict[str, str], tokenizer: Any) -> tuple[Any, Any]:
+    """The trainable policy θ and the per-example loss function of ``stage.kind``."""
+    from alignment.filtering.bilevel import preference_example_losses, sft_example_losses
+    from alignment.losses import LossParams, LossType
+    from alignment.models.loading import LoraSpec, add_lora, disable_dropout, load_causal_lm
+    from alignment.train.components import PreferenceComponent
+    from stages.train_parts import build_policy
+
+    if run.stage.kind == "preference":
+        model, reference_fn, _ = build_policy(run, stage_inputs)
+        params = LossParams(**{k: v for k, v in vars(run.loss).items() if k != "name"})
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        component = PreferenceComponent(LossType(run.loss.name), params, reference_fn, pad_id=int(pad))
+        return model, preference_example_losses(component)
+    cfg = run.model
+    model = load_causal_lm(stage_inputs["policy"], cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code)
+    disable_dropout(model)
+    if cfg.lora.enabled:
+        model = add_lora(model, LoraSpec(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules)))
+    return model, sft_example_losses
+
+
+def _streams(run: RunConfig, loaded: dict[str, Any], tokenizer: Any) -> tuple[Any, Any]:
+    from alignment.data.collate import collate_preference, collate_sft
+    from alignment.train.batches import CyclingBatches, WithIds
+
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    collate = WithIds(partial(collate_sft if run.stage.kind == "sft" else collate_preference, pad_id=pad))
+    stage = run.stage
+    golden = CyclingBatches(loaded["golden"]["examples"], stage.golden_batch_size, collate, run.seed + 1)
+    candidates = CyclingBatches(loaded["candidates"]["examples"], stage.batch_size, collate, run.seed + 2)
+    return golden, candidates
 
 
 def run(run: RunConfig, ctx: StageContext) -> StageResult:
-    raise NotImplementedError("stage=filter is not available in this version")
+    import torch
+
+    from alignment.filtering.bilevel import BilevelSettings, train_selector
+    from alignment.filtering.selector import Selector
+    from alignment.models.loading import load_tokenizer
+    from alignment.train.metrics_log import MetricsLog
+
+    stage = run.stage
+    if stage.num_threads:
+        torch.set_num_threads(stage.num_threads)
+    torch.manual_seed(run.seed)
+    tokenizer = load_tokenizer(ctx.inputs["policy"], run.model.trust_remote_code)
+    loaded = _load(run, tokenizer)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, loss_fn = _policy_and_losses(run, ctx.inputs, tokenizer)
+    model.to(device)
+    proxy = copy.deepcopy(model) if stage.value_function else None
+    selector = Selector([e.id for e in loaded["candidates"]["examples"]], stage.activation).to(device)
+    golden, candidates = _streams(run, loaded, tokenizer)
+    steps_per_epoch = len(candidates.sampler)
+    settings = BilevelSettings(
+        steps=stage.max_steps or stage.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, lr=stage.lr,
+        proxy_lr=stage.proxy_lr or stage.lr, selector_lr=stage.selector_lr,
+        selector_optimizer=stage.selector_optimizer, rho=stage.rho, rho_decay=stage.rho_decay,
+        rho_min=stage.rho_min, value_function=stage.value_function, max_grad_norm=stage.max_grad_norm,
+        log_every=stage.log_every)
+    with MetricsLog(ctx.logs_dir / "metrics.jsonl") as metrics_log:
+        result = train_selector(model, proxy, selector, golden, candidates, loss_fn, settings,
+                                on_log=lambda record: metrics_log.write(int(record["step"]), record))
+    metrics = _write_selection(run, ctx.work_dir, loaded["candidates"]["rows"], selector.weight_map())
+    metrics.update({"steps": result.steps, "steps_per_epoch": steps_per_epoch,
+                    "filter_seconds": round(result.seconds, 3),
+                    "seconds_per_step": round(result.seconds / max(result.steps, 1), 5),
+                    "final_rho": result.history[-1]["rho"] if result.history else stage.rho,
+                    "data": {slot: data["stats"] for slot, data in loaded.items()}})
+    return StageResult(outputs=[SELECTION_FILE, FILTERED_FILE, HISTOGRAM_FILE], metrics=metrics)
+
+
+def _write_selection(run: RunConfig, work_dir: Path, rows: list[Any], weight_of: dict[str, float]) -> dict[str, Any]:
+    """Apply the keep rule, write selection/filtered/histogram; metrics (quality when rows carry noise labels)."""
+    from alignment.data.readers import write_jsonl
+    from alignment.filtering.report import plot_weight_histogram
+    from alignment.filtering.selection import keep_mask, noise_labels, selection_quality
+
+    stage = run.stage
+    scored = [row for row in rows if row.id in weight_of]  # rows dropped by tokenization were never scored
+    weights = [weight_of[row.id] for row in scored]
+    kept = keep_mask(weights, stage.keep_rule, stage.keep_fraction, stage.threshold)
+    write_jsonl(work_dir / SELECTION_FILE,
+                [{"id": row.id, "weight": w, "kept": k} for row, w, k in zip(scored, weights, kept, strict=True)])
+    write_jsonl(work_dir / FILTERED_FILE, [row for row, k in zip(scored, kept, strict=True) if k])
+    labels = noise_labels([row.meta for row in scored])
+    cut = stage.threshold if stage.keep_rule == "threshold" else min(
+        (w for w, k in zip(weights, kept, strict=True) if k), default=None)
+    plot_weight_histogram(weights, work_dir / HISTOGRAM_FILE, labels, cut,
+                          title=f"selector weights ({stage.activation}, v-term={'on' if stage.value_function else 'off'})")
+    metrics: dict[str, Any] = {"candidates": len(rows), "scored": len(scored), "kept": sum(kept),
+                               "kept_fraction": sum(kept) / len(scored) if scored else 0.0,
+                               "weight_min": min(weights), "weight_max": max(weights)}
+    if labels is not None and 0 < sum(labels) < len(labels):
+        metrics.update(selection_quality(weights, kept, labels).to_dict("selection/"))
+        metrics["corrupted"] = sum(labels)
+    return metrics

@@ -8,6 +8,7 @@ Outputs: ``model/`` (HF directory: full weights, or the LoRA adapter plus ``mode
 
 from __future__ import annotations
 
+import gc
 import shutil
 from typing import Any
 
@@ -18,6 +19,7 @@ from stages.registry import StageContext, StageResult
 from stages.train_parts import (
     build_components,
     build_schedule,
+    cached_reference,
     eval_batches,
     optima,
     verifier_report,
@@ -87,6 +89,10 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
     tokenizer = load_tokenizer(ctx.inputs["policy"], run.model.trust_remote_code)
     examples, data_stats = _load_data(run, tokenizer)
     model, reference_fn, reference_kind = build_policy(run, ctx.inputs)
+    reference_fn, cache_note = cached_reference(run, ctx.inputs, examples, tokenizer, reference_fn, accelerator)
+    if cache_note:  # the frozen reference model (if any) is no longer referenced: free it now
+        reference_kind = f"{reference_kind}; {cache_note}"
+        gc.collect()
     components, streams, preference = build_components(run, ctx.inputs, examples, tokenizer, reference_fn,
                                                        accelerator)
     best = optima(run)
@@ -123,7 +129,8 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
         metrics = _summary(result, data_stats, reference_kind)
         metrics.update(verifier_report(run, str(ctx.work_dir / TRAINED_MODEL_DIR), ctx.inputs["policy"]))
         shutil.rmtree(ctx.work_dir / "checkpoints", ignore_errors=True)  # the artifact is complete: no resume
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it would tear down the runner's process group
+        tracker.finish()
     return StageResult(outputs=outputs, metrics=metrics)
 
 

@@ -31,7 +31,7 @@ def ensure_world(run: RunConfig) -> None:
         return
     print(f"[{run.stage.name}] the embedded world is not prepared in {prepare_dir(run)}: running stage=prepare first")
     prepare = dataclasses.replace(run, stage=PrepareConfig(progress=run.stage.progress), round=0, force=False,
-                                  dry_run=False)
+                                  dry_run=False, run_dir=run.world_dir or run.run_dir, world_dir="")
     run_stage(prepare)
 
 

@@ -54,7 +54,7 @@ def build_components(run: RunConfig, inputs: dict[str, str], examples: dict[str,
                      reference_fn: Any, accelerator: Any) -> tuple[dict[int, Any], dict[int, Any], Any]:
     """Objective components and their endless batch streams (index 0 and 1), plus the preference component
     used for held-out evaluation whatever is trained."""
-    from alignment.data.collate import collate_preference, collate_sft
+    from alignment.data.collate import collate_sft
     from alignment.losses import LossParams, LossType
     from alignment.models.loading import freeze, load_causal_lm
     from alignment.train.batches import CyclingBatches
@@ -65,15 +65,17 @@ def build_components(run: RunConfig, inputs: dict[str, str], examples: dict[str,
     train = run.stage.train
     pad = _pad_id(tokenizer)
     preference = PreferenceComponent(LossType(loss.name), params, reference_fn, pad_id=pad)
-    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
+    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index,
+             "bucket_window": train.bucket_window}
     components: dict[int, Any] = {}
     streams: dict[int, Any] = {}
     for index, name in enumerate(run.objective.objectives):
         seed = run.seed + 1000 * (index + 1)
         if name == "preference":
             components[index] = preference
-            streams[index] = CyclingBatches(examples["preference"], train.pref_batch_size,
-                                            partial(collate_preference, pad_id=pad), seed, **shard)
+            collate, length = preference_collate(run, tokenizer)
+            streams[index] = CyclingBatches(examples["preference"], train.pref_batch_size, collate, seed,
+                                            length=length, **shard)
             continue
         if name == "kd":
             cfg = run.model
@@ -90,17 +92,66 @@ def build_components(run: RunConfig, inputs: dict[str, str], examples: dict[str,
 def eval_batches(run: RunConfig, examples: dict[str, list[Any]], tokenizer: Any,
                  accelerator: Any) -> tuple[list[Any], list[Any]]:
     """Held-out SFT and preference batches of this rank's shard (at most ``eval_max_rows`` rows each)."""
-    from alignment.data.collate import collate_preference, collate_sft
+    from alignment.data.collate import collate_sft
 
     train, pad = run.stage.train, _pad_id(tokenizer)
     rank, world = accelerator.process_index, accelerator.num_processes
 
     def batches(rows: list[Any], size: int, collate: Any) -> list[Any]:
         mine = rows[: train.eval_max_rows][rank::world]
-        return [collate(mine[i:i + size], pad_id=pad) for i in range(0, len(mine), size)]
+        return [collate(mine[i:i + size]) for i in range(0, len(mine), size)]
 
-    return (batches(examples["sft_eval"], train.sft_batch_size, collate_sft),
-            batches(examples["preference_eval"], train.pref_batch_size, collate_preference))
+    return (batches(examples["sft_eval"], train.sft_batch_size, partial(collate_sft, pad_id=pad)),
+            batches(examples["preference_eval"], train.pref_batch_size, preference_collate(run, tokenizer)[0]))
+
+
+def preference_collate(run: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """Collate function of preference batches (prefix-shared when ``stage.train.prefix_sharing`` is on and the
+    loss is paired; always carrying the pair ids) and the padded width of one pair in that layout."""
+    from alignment.data.collate import collate_preference, collate_prefix_shared
+    from alignment.losses import LossType
+    from alignment.train.batches import WithIds, prefix_shared_length
+
+    if run.stage.train.prefix_sharing and LossType(run.loss.name).paired:
+        return WithIds(partial(collate_prefix_shared, pad_id=_pad_id(tokenizer))), prefix_shared_length
+    return WithIds(partial(collate_preference, pad_id=_pad_id(tokenizer))), None
+
+
+def cached_reference(run: RunConfig, inputs: dict[str, str], examples: dict[str, list[Any]], tokenizer: Any,
+                     reference_fn: Any, accelerator: Any) -> tuple[Any, str | None]:
+    """With ``stage.train.ref_cache`` and a paired loss that needs a reference: reference log-probs of every
+    train and eval pair, read from (or computed once into) ``{run_dir}/cache/ref_logps/<key>.safetensors``.
+
+    Returns the cached reference function and a note for the manifest, or ``(reference_fn, None)`` unchanged.
+    The caller drops ``reference_fn`` afterwards, which frees a frozen reference model.
+    """
+    from pathlib import Path
+
+    from alignment.artifacts import input_fingerprint
+    from alignment.losses import LossType
+    from alignment.train.ref_cache import (
+        CachedReference,
+        cache_key,
+        compute_reference_table,
+        load_or_build,
+        tokenizer_fingerprint,
+    )
+
+    loss = LossType(run.loss.name)
+    if not run.stage.train.ref_cache or reference_fn is None or not loss.paired:
+        return reference_fn, None
+    pairs = list(examples["preference"]) + list(examples["preference_eval"])
+    source = inputs["reference"] if run.stage.reference != "initial" else inputs["policy"]
+    settings = {"dtype": run.model.dtype, "attn": run.model.attn_implementation,
+                "max_length": run.data.max_length, "truncation": run.data.truncation}
+    key = cache_key(input_fingerprint(source), tokenizer_fingerprint(tokenizer), pairs, settings)
+    collate = preference_collate(run, tokenizer)[0]
+    with accelerator.main_process_first():  # rank 0 computes and writes; the others then read the file
+        table, reused = load_or_build(
+            Path(run.run_dir) / "cache" / "ref_logps", key,
+            lambda: compute_reference_table(reference_fn, pairs, run.stage.train.pref_batch_size, collate))
+    note = f"cached reference log-probs ({'reused' if reused else 'computed'} cache {key})"
+    return CachedReference(table), note
 
 
 def optima(run: RunConfig) -> tuple[float | None, float | None]:

@@ -88,7 +88,7 @@ def test_defaults_compose_and_validate() -> None:
 
 def test_option_values_reach_the_dataclasses() -> None:
     run = compose_run("world=ci", "loss=simpo", "model=hf", "model.name_or_path=/models/lm")
-    assert run.world.pretrain_steps == 60 and run.world.sft_train == 300
+    assert run.world.pretrain_steps == 100 and run.world.sft_train == 300
     assert run.world.seed == 1234  # not set by ci.yaml: the schema default
     assert (run.loss.beta, run.loss.gamma) == (2.5, 1.375)
     assert run.model.name_or_path == "/models/lm"

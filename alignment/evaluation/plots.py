@@ -38,3 +38,44 @@ def plot_loss_space(trajectories: Mapping[str, Sequence[Mapping[str, float]]], p
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_estimates(estimates: Mapping[str, Mapping[str, float]], path: str | Path, ylabel: str,
+                   title: str = "", reference_line: float | None = None) -> Path:
+    """One bar per model with its confidence interval as an error bar; ``estimates`` maps a model to an
+    estimate dict (``value``, ``ci_low``, ``ci_high``)."""
+    names = list(estimates)
+    values = [estimates[n]["value"] for n in names]
+    lower = [max(0.0, estimates[n]["value"] - estimates[n]["ci_low"]) for n in names]
+    upper = [max(0.0, estimates[n]["ci_high"] - estimates[n]["value"]) for n in names]
+    figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 2), 4))
+    axes.bar(range(len(names)), values, yerr=[lower, upper], capsize=6, color="tab:blue", alpha=0.8)
+    if reference_line is not None:
+        axes.axhline(reference_line, color="grey", linestyle="--", linewidth=1)
+    axes.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title or ylabel)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_length_distribution(lengths: Mapping[str, Sequence[int]], path: str | Path,
+                             title: str = "output length") -> Path:
+    """Overlaid histograms of output lengths (characters), one per model."""
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    for name, values in lengths.items():
+        if values:
+            axes.hist(list(values), bins=20, alpha=0.5, label=name)
+    axes.set_xlabel("output length (characters)")
+    axes.set_ylabel("outputs")
+    axes.set_title(title)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -14,6 +14,8 @@ Batch = dict[str, Any]
 class CyclingBatches(Generic[Example]):
     """Batches over ``examples`` forever: a new shuffled (length-bucketed) order every epoch.
 
+    ``length(example)`` is the padded width an example needs (default: its longest sequence).
+
     ``bucket_window`` > 1 sorts by length inside windows of ``bucket_window * batch_size`` examples (less
     padding); 1 keeps a plain random order. With ``num_replicas`` > 1, rank ``rank`` gets every
     ``num_replicas``-th batch, so each rank sees different rows and all ranks take the same number of steps.
@@ -21,13 +23,15 @@ class CyclingBatches(Generic[Example]):
     """
 
     def __init__(self, examples: Sequence[Example], batch_size: int, collate: Callable[[list[Example]], Batch],
-                 seed: int, bucket_window: int = 1, num_replicas: int = 1, rank: int = 0):
+                 seed: int, bucket_window: int = 1, num_replicas: int = 1, rank: int = 0,
+                 length: Callable[[Example], int] | None = None):
         if not examples:
             raise ValueError("cannot batch an empty dataset")
         self.examples = examples
         self.collate = collate
+        measure = length or _length
         self.sampler = LengthBucketedSampler(
-            [_length(example) for example in examples], batch_size=batch_size, window=bucket_window, seed=seed,
+            [measure(example) for example in examples], batch_size=batch_size, window=bucket_window, seed=seed,
             num_replicas=num_replicas, rank=rank,
         )
         self._iterator = iter(self.sampler)
@@ -76,3 +80,21 @@ def _length(example: Any) -> int:
     if hasattr(example, "input_ids"):
         return len(example.input_ids)
     return len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
+
+
+def prefix_shared_length(pair: Any) -> int:
+    """Width a pair needs in the prefix-shared layout: prompt + chosen + rejected."""
+    return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
+
+
+class WithIds:
+    """A collate function that also puts the examples' stable ``id`` list in the batch (``batch["ids"]``), so
+    per-row values (the reference cache) are joined by id, never by position."""
+
+    def __init__(self, collate: Callable[[list[Any]], Batch]):
+        self.collate = collate
+
+    def __call__(self, examples: list[Any]) -> Batch:
+        batch = dict(self.collate(examples))
+        batch["ids"] = [example.id for example in examples]
+        return batch

@@ -22,6 +22,7 @@ from alignment.losses import (
     preference_loss,
     sft_token_loss_sum,
 )
+from alignment.train.prefix_forward import is_prefix_shared, pair_logps
 
 Batch = dict[str, Any]
 
@@ -70,14 +71,17 @@ class PreferenceComponent:
     name: str = "preference"
 
     def outputs(self, model: Any, batch: Batch) -> LossOutput:
-        """Per-example preference losses and rewards of ``batch``."""
-        logps = sequence_logprobs(forward_logits(model, batch), batch["labels"])
+        """Per-example preference losses and rewards of ``batch`` (concatenated or prefix-shared layout)."""
         if not self.loss_type.paired:
+            if is_prefix_shared(batch):
+                raise ValueError(f"loss {self.loss_type.value!r} is unpaired and needs the concatenated layout; "
+                                 "turn prefix sharing off")
+            logps = sequence_logprobs(forward_logits(model, batch), batch["labels"])
             return self._unpaired_outputs(model, batch, logps.sum, logps.count)
-        half = logps.sum.shape[0] // 2
+        policy = pair_logps(model, batch)
         inputs = PreferenceInputs(
-            policy_chosen_logps=logps.sum[:half], policy_rejected_logps=logps.sum[half:],
-            chosen_lengths=logps.count[:half], rejected_lengths=logps.count[half:],
+            policy_chosen_logps=policy.chosen, policy_rejected_logps=policy.rejected,
+            chosen_lengths=policy.chosen_lengths, rejected_lengths=policy.rejected_lengths,
         )
         if self.loss_type.needs_reference:
             if self.reference is None:
@@ -149,13 +153,16 @@ def mismatched_batch(batch: Batch, pad_id: int) -> Batch:
 
 
 def model_reference(reference_model: Any) -> ReferenceFn:
-    """Reference log-probs from a separate frozen model."""
+    """Reference log-probs from a separate frozen model (either preference batch layout)."""
 
     @torch.no_grad()
     def reference(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logps = sequence_logprobs(forward_logits(reference_model, batch), batch["labels"]).sum
-        half = logps.shape[0] // 2
-        return logps[:half], logps[half:]
+        # the frozen reference may live on another device than the batch (it is not prepared by accelerate)
+        device = next(reference_model.parameters()).device
+        logps = pair_logps(reference_model, {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                                             for k, v in batch.items()})
+        target = batch["input_ids"].device
+        return logps.chosen.to(target), logps.rejected.to(target)
 
     return reference
 

@@ -26,6 +26,8 @@ def make_accelerator(strategy: str, precision: str, grad_accum: int, zero_stage:
             offload_param_device="cpu" if offload and zero_stage == 3 else "none",
         )
     return Accelerator(
+        # without cpu=True accelerate ignores a torchrun world on a CPU-only machine (each rank trains alone)
+        cpu=plugin is None and not torch.cuda.is_available(),
         mixed_precision="bf16" if precision == "bf16" else "no",
         gradient_accumulation_steps=grad_accum,
         step_scheduler_with_optimizer=False,

@@ -58,9 +58,9 @@ class TrainSettings:
     sft_batch_size: int = 16
     pref_batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 5e-4
+    lr: float = 1e-4
     schedule: str = "cosine"
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     precision: str = "fp32"
@@ -68,10 +68,16 @@ class TrainSettings:
     eval_max_rows: int = 256
     save_every: int = 50
     keep_checkpoints: int = runtime(2)
+    # speed/memory: length-bucketed batches (sort inside shuffled windows of bucket_window batches; 1 = off),
+    # cached reference log-probs (no reference model kept during training), prefix-shared preference forward
+    bucket_window: int = 1
+    ref_cache: bool = runtime(False)
+    prefix_sharing: bool = runtime(False)
 
     def validate(self, prefix: str = "stage") -> list[str]:
         problems: list[str] = []
-        for key in ("max_steps", "sft_batch_size", "pref_batch_size", "grad_accum", "eval_every", "save_every"):
+        for key in ("max_steps", "sft_batch_size", "pref_batch_size", "grad_accum", "eval_every", "save_every",
+                    "bucket_window"):
             if getattr(self, key) < 1:
                 problems.append(f"{prefix}.{key} must be >= 1 (got {getattr(self, key)})")
         if self.lr <= 0:
@@ -259,31 +265,205 @@ class GenerateConfig(GenerationRuntimeFields, StageConfig):
 
 @dataclass
 class RankConfig(StageConfig):
-    """Score responses and build preference pairs."""
+    """Score this round's generated responses and build preference pairs (``pairs.jsonl``, ``ranked.jsonl``).
+
+    ``ranker``: pairrm | reward_model (``ranker_model``: a directory or Hub id) | verifier (the embedded world)
+    | judge (LLM-as-judge through the generation backends; ``judge_model`` "" = this round's policy).
+    ``pair_rule``: best_vs_worst | best_vs_random | all_pairs | length_penalised (score - ``length_alpha`` x
+    response tokens); pairs with a margin below ``min_margin`` and ties are dropped. PairRM input limits:
+    ``source_max_tokens``/``candidate_max_tokens``; reward models: ``reward_max_tokens``. Judge: ``judge_mode``
+    pointwise | pairwise, ``judge_samples`` samples per judgement at ``judge_temperature``. Runtime:
+    ``batch_size`` (comparisons / responses per forward), ``shard_size`` (prompts per resumable shard),
+    ``device``, ``backend`` (the judge's), ``shard_wait_timeout_s``.
+    """
 
     SECTIONS: ClassVar[tuple[str, ...]] = ("seed",)
     name: str = "rank"
     ranker: str = "verifier"
+    ranker_model: str = ""
+    ranker_dtype: str = "float32"
     pair_rule: str = "best_vs_worst"
     min_margin: float = 0.0
+    length_alpha: float = 0.0
+    source_max_tokens: int = 1224
+    candidate_max_tokens: int = 412
+    reward_max_tokens: int = 2048
+    judge_model: str = ""
+    judge_mode: str = "pointwise"
+    judge_samples: int = 3
+    judge_temperature: float = 0.7
+    judge_max_new_tokens: int = 96
+    judge_max_prompt_tokens: int = 896
+    batch_size: int = runtime(16)
+    shard_size: int = runtime(256)
+    device: str | None = runtime(None)
+    backend: str = runtime("auto")
+    shard_wait_timeout_s: float = runtime(7200.0)
+
+    def validate(self, run: RunConfig) -> list[str]:
+        problems = super().validate(run)
+        check_choice(problems, "stage.ranker", self.ranker, ("pairrm", "reward_model", "verifier", "judge"))
+        check_choice(problems, "stage.pair_rule", self.pair_rule,
+                     ("best_vs_worst", "best_vs_random", "all_pairs", "length_penalised"))
+        check_choice(problems, "stage.judge_mode", self.judge_mode, ("pointwise", "pairwise"))
+        check_choice(problems, "stage.ranker_dtype", self.ranker_dtype, ("float32", "bfloat16", "float16"))
+        check_choice(problems, "stage.backend", self.backend, ("auto", "vllm", "hf"))
+        if self.ranker in ("pairrm", "reward_model") and not self.ranker_model:
+            problems.append(f"stage.ranker_model must name a checkpoint (directory or Hub id) for "
+                            f"stage.ranker={self.ranker}")
+        for key in ("min_margin", "length_alpha", "judge_temperature"):
+            if getattr(self, key) < 0:
+                problems.append(f"stage.{key} must be >= 0 (got {getattr(self, key)})")
+        for key in ("source_max_tokens", "candidate_max_tokens", "reward_max_tokens", "judge_samples",
+                    "judge_max_new_tokens", "judge_max_prompt_tokens", "batch_size", "shard_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"stage.{key} must be >= 1 (got {getattr(self, key)})")
+        return problems
 
 
 @dataclass
 class FilterConfig(StageConfig):
-    """Bilevel data selection against a golden set."""
+    """Bilevel data selection of ``data.candidates`` against the golden set ``data.golden`` (REFERENCES §4.3).
 
-    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data", "loss", "seed")
+    ``kind``: sft (per-example SFT loss) | preference (per-example ``loss.name`` loss). Penalty method: θ
+    minimises ρ·L_gold + (1-ρ)·mean(w·ℓ); the selector also subtracts the value function through a proxy
+    θ' trained on the weighted candidate loss (``value_function``; false = BiPOST/SEAL). ρ_e = max(rho_min,
+    rho - e·rho_decay) per candidate epoch. ``epochs`` over the pool (``max_steps`` overrides). Keep rule:
+    top_p (``keep_fraction`` of the rows with the largest weights) or threshold (weight >= ``threshold``).
+    """
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data.golden", "data.candidates", "data.max_length",
+                                           "data.truncation", "data.on_bad_row", "loss", "seed")
     name: str = "filter"
+    kind: str = "sft"
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 16
+    golden_batch_size: int = 8
+    lr: float = 1e-4
+    proxy_lr: float | None = None
+    selector_lr: float = 0.05
+    selector_optimizer: str = "adam"
+    activation: str = "softmax"
+    rho: float = 0.9
+    rho_decay: float = 0.1
+    rho_min: float = 0.0
+    value_function: bool = True
+    max_grad_norm: float = 1.0
+    keep_rule: str = "top_p"
     keep_fraction: float = 0.7
+    threshold: float = 1.0
+    reference: str = "initial"
+    num_threads: int = runtime(0)
+
+    def validate(self, run: RunConfig) -> list[str]:
+        problems = super().validate(run)
+        check_choice(problems, "stage.kind", self.kind, ("sft", "preference"))
+        check_choice(problems, "stage.selector_optimizer", self.selector_optimizer, ("adam", "sgd"))
+        check_choice(problems, "stage.activation", self.activation, ("softmax", "sigmoid"))
+        check_choice(problems, "stage.keep_rule", self.keep_rule, ("top_p", "threshold"))
+        for key in ("epochs", "batch_size", "golden_batch_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"stage.{key} must be >= 1 (got {getattr(self, key)})")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"stage.max_steps must be >= 1 or null (got {self.max_steps})")
+        for key in ("lr", "selector_lr"):
+            if getattr(self, key) <= 0:
+                problems.append(f"stage.{key} must be > 0 (got {getattr(self, key)})")
+        if self.proxy_lr is not None and self.proxy_lr <= 0:
+            problems.append(f"stage.proxy_lr must be > 0 or null (got {self.proxy_lr})")
+        for key in ("rho", "rho_min"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                problems.append(f"stage.{key} must be in [0, 1] (got {getattr(self, key)})")
+        if self.rho_decay < 0:
+            problems.append(f"stage.rho_decay must be >= 0 (got {self.rho_decay})")
+        if not 0.0 < self.keep_fraction <= 1.0:
+            problems.append(f"stage.keep_fraction must be in (0, 1] (got {self.keep_fraction})")
+        return problems
+
+
+EVALUATION_SUITES = ("sft_loss", "preference", "win_rate", "mmlu", "mt_bench", "verifier")
 
 
 @dataclass
-class EvaluateConfig(StageConfig):
-    """Standalone evaluation of one or more models."""
+class EvaluateConfig(GenerationRuntimeFields, StageConfig):
+    """Standalone evaluation of ``models`` (``base``, stage artifacts such as ``round_00/joint_train``, model
+    directories, LoRA adapter directories or Hub ids) on ``suites``:
 
-    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data", "seed")
+    ``sft_loss`` (``data.sft_eval``), ``preference`` (``data.preference_eval``, reference = the base model,
+    loss = ``loss.*``), ``win_rate`` against ``reference_outputs`` (AlpacaEval jsonl/json: instruction, output,
+    generator) judged by ``ranker`` (pairrm | reward_model with ``ranker_model``, judge with ``judge_model``),
+    ``mmlu`` (``mmlu_path``: dev.jsonl + test.jsonl, ``mmlu_shots``), ``mt_bench`` (``mt_bench_path``:
+    question.jsonl; ``mt_bench_judge`` scores answers with the pointwise judge) and ``verifier`` (the embedded world's ``data.eval_tasks``). Every model generates with the
+    same sampling fields (greedy by default); ``*_max_*`` fields keep the first rows.
+    """
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data", "loss", "seed")
     name: str = "evaluate"
-    models: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=lambda: ["base"])
+    suites: list[str] = field(default_factory=lambda: ["sft_loss", "preference", "verifier"])
+    bootstrap_resamples: int = 1000
+    reference_outputs: str = ""
+    max_instructions: int | None = None
+    ranker: str = "pairrm"
+    ranker_model: str = ""
+    ranker_dtype: str = "float32"
+    source_max_tokens: int = 1224
+    candidate_max_tokens: int = 412
+    reward_max_tokens: int = 2048
+    judge_model: str = ""
+    judge_mode: str = "pairwise"
+    judge_samples: int = 1
+    judge_temperature: float = 0.0
+    judge_max_new_tokens: int = 96
+    judge_max_prompt_tokens: int = 896
+    mmlu_path: str = ""
+    mmlu_shots: list[int] = field(default_factory=lambda: [0, 5])
+    mmlu_max_rows: int | None = None
+    mt_bench_path: str = ""
+    mt_bench_max_questions: int | None = None
+    mt_bench_judge: bool = False
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    max_prompt_tokens: int = 1024
+    eval_batch_size: int = runtime(8)
+    device: str | None = runtime(None)
+
+    def validate(self, run: RunConfig) -> list[str]:
+        problems = super().validate(run) + self.generation_problems() + sampling_problems(self)
+        if not self.models:
+            problems.append("stage.models must name at least one model (base, an artifact, a directory or Hub id)")
+        for suite in self.suites:
+            check_choice(problems, "stage.suites", suite, EVALUATION_SUITES)
+        check_choice(problems, "stage.ranker", self.ranker, ("pairrm", "reward_model", "judge"))
+        check_choice(problems, "stage.judge_mode", self.judge_mode, ("pointwise", "pairwise"))
+        check_choice(problems, "stage.ranker_dtype", self.ranker_dtype, ("float32", "bfloat16", "float16"))
+        if self.n != 1:
+            problems.append(f"stage.n must be 1 for evaluation (got {self.n})")
+        needs = {"win_rate": ("reference_outputs",), "mmlu": ("mmlu_path",), "mt_bench": ("mt_bench_path",)}
+        for suite, keys in needs.items():
+            problems += [f"stage.{key} must be set for suite {suite}" for key in keys
+                         if suite in self.suites and not getattr(self, key)]
+        if "win_rate" in self.suites and self.ranker in ("pairrm", "reward_model") and not self.ranker_model:
+            problems.append(f"stage.ranker_model must name a checkpoint for stage.ranker={self.ranker}")
+        if ("win_rate" in self.suites or self.mt_bench_judge) and self.ranker == "judge" and not self.judge_model:
+            problems.append("stage.judge_model must name the judge for stage.ranker=judge")
+        if self.mt_bench_judge and (self.ranker != "judge" or self.judge_mode != "pointwise" or not self.judge_model):
+            problems.append("stage.mt_bench_judge needs stage.ranker=judge, stage.judge_mode=pointwise and "
+                            "stage.judge_model")
+        if any(shots < 0 for shots in self.mmlu_shots):
+            problems.append(f"stage.mmlu_shots must be >= 0 (got {self.mmlu_shots})")
+        for key in ("bootstrap_resamples", "max_prompt_tokens", "eval_batch_size", "judge_samples"):
+            if getattr(self, key) < 1:
+                problems.append(f"stage.{key} must be >= 1 (got {getattr(self, key)})")
+        for key in ("max_instructions", "mmlu_max_rows", "mt_bench_max_questions"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                problems.append(f"stage.{key} must be >= 1 or null (got {getattr(self, key)})")
+        return problems
 
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {

@@ -1,0 +1,110 @@
+"""Win rate of a model's outputs against reference outputs (AlpacaEval style), judged by any ranker.
+
+Every instruction is judged in both presentation orders (model first, reference first) so a position bias of
+the judge cancels; a tie counts as half a win. Results are also written in AlpacaEval's own formats
+(``model_outputs.json`` rows ``{instruction, output, generator, dataset}`` and annotations with ``output_1`` =
+reference, ``output_2`` = model and ``preference`` in [1, 2], 2 = the model wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alignment.evaluation.stats import DEFAULT_RESAMPLES, estimate
+from alignment.ranking.base import CandidateGroup, Ranker
+
+
+@dataclass(frozen=True)
+class Matchup:
+    """One instruction with the model's output and the reference output to compare it with."""
+
+    key: str
+    instruction: str
+    output: str
+    reference: str
+    reference_generator: str = "reference"
+    dataset: str = ""
+
+
+def order_outcome(first_score: float | None, second_score: float | None) -> float | None:
+    """1 when the first candidate scores higher, 0 when lower, 0.5 on a tie; ``None`` when unscorable."""
+    if first_score is None or second_score is None:
+        return None
+    if first_score > second_score:
+        return 1.0
+    return 0.5 if first_score == second_score else 0.0
+
+
+def _group(matchup: Matchup, model_first: bool) -> CandidateGroup:
+    responses = (matchup.output, matchup.reference) if model_first else (matchup.reference, matchup.output)
+    return CandidateGroup(key=f"{matchup.key}:{'model_first' if model_first else 'reference_first'}",
+                          prompt=matchup.instruction,
+                          messages=({"role": "user", "content": matchup.instruction},), responses=responses)
+
+
+def judge_matchups(ranker: Ranker, matchups: Sequence[Matchup]) -> tuple[list[float], int]:
+    """The model's win probability per matchup (mean over both orders; ties 0.5) and the number of
+    unscorable judgements (counted, and then taken as ties so every instruction keeps its weight)."""
+    groups = [_group(m, model_first) for m in matchups for model_first in (True, False)]
+    scored = ranker.score_groups(groups) if groups else []
+    wins: list[float] = []
+    unscored = 0
+    for index in range(len(matchups)):
+        first, second = scored[2 * index].scores, scored[2 * index + 1].scores
+        outcomes = [order_outcome(first[0], first[1]), order_outcome(second[1], second[0])]
+        unscored += sum(1 for outcome in outcomes if outcome is None)
+        wins.append(sum(0.5 if o is None else o for o in outcomes) / 2)
+    return wins, unscored
+
+
+def win_rate_summary(wins: Sequence[float], outputs: Sequence[str], resamples: int = DEFAULT_RESAMPLES,
+                     seed: int = 0) -> dict[str, Any]:
+    """Win rate with its bootstrap CI, win/tie/loss counts and the mean output length beside it."""
+    if not wins:
+        raise ValueError("no matchups to summarise")
+    lengths = [len(text) for text in outputs]
+    return {"win_rate": estimate(wins, resamples, seed).to_dict(),
+            "wins": sum(1 for w in wins if w > 0.5), "ties": sum(1 for w in wins if w == 0.5),
+            "losses": sum(1 for w in wins if w < 0.5), "n": len(wins),
+            "mean_output_chars": sum(lengths) / len(lengths),
+            "mean_output_words": sum(len(text.split()) for text in outputs) / len(outputs)}
+
+
+def model_outputs_rows(matchups: Sequence[Matchup], generator: str) -> list[dict[str, Any]]:
+    """AlpacaEval ``model_outputs.json`` rows of the model's outputs."""
+    return [{"instruction": m.instruction, "output": m.output, "generator": generator, "dataset": m.dataset}
+            for m in matchups]
+
+
+def annotation_rows(matchups: Sequence[Matchup], wins: Sequence[float], generator: str,
+                    annotator: str) -> list[dict[str, Any]]:
+    """AlpacaEval annotations: ``preference`` = 1 + P(model wins), so 1 = reference, 2 = model, 1.5 = tie."""
+    return [{"instruction": m.instruction, "output_1": m.reference, "generator_1": m.reference_generator,
+             "output_2": m.output, "generator_2": generator, "annotator": annotator, "preference": 1.0 + w,
+             "dataset": m.dataset}
+            for m, w in zip(matchups, wins, strict=True)]
+
+
+def alpaca_eval_metrics(annotations: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The win rate from the ``alpaca_eval`` package's own metric functions, plus its length-controlled win
+    rate; each is ``{"status": "unavailable: <why>"}`` when it cannot be computed here."""
+    try:
+        from alpaca_eval import metrics  # type: ignore[import-not-found]
+    except ImportError:
+        reason = "unavailable: the alpaca_eval package is not installed"
+        return {"win_rate": {"status": reason}, "length_controlled_win_rate": {"status": reason}}
+    found: dict[str, Any] = {}
+    try:
+        found["win_rate"] = dict(metrics.pairwise_to_winrate([a["preference"] for a in annotations]))
+    except Exception as error:  # noqa: BLE001 - an optional cross-check; record why it failed
+        found["win_rate"] = {"status": f"unavailable: {type(error).__name__}: {error}"}
+    try:
+        import pandas as pd
+        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate  # type: ignore[import-not-found]
+
+        found["length_controlled_win_rate"] = dict(get_length_controlled_winrate(pd.DataFrame(annotations)))
+    except Exception as error:  # noqa: BLE001 - needs inputs (e.g. baseline GLM data) that may be missing
+        found["length_controlled_win_rate"] = {"status": f"unavailable: {type(error).__name__}: {error}"}
+    return found

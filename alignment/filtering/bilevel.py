@@ -1,0 +1,169 @@
+"""The single-loop penalty-method training of a :class:`~alignment.filtering.selector.Selector`.
+
+Each step updates the model θ, the lower-level proxy θ' (only with the value-function term) and the selector
+logits z, in that order, from one golden and one candidate batch; the update rules are in
+:mod:`alignment.filtering.selector`. Per-example losses come from :mod:`alignment.losses` through a
+``loss_fn(model, batch) -> [B]`` (:func:`sft_example_losses`, :func:`preference_example_losses`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from alignment.filtering.selector import (
+    Selector,
+    model_objective,
+    proxy_objective,
+    rho_at_epoch,
+    selector_objective,
+)
+from alignment.losses import sft_loss
+
+Batch = dict[str, Any]
+LossFn = Callable[[Any, Batch], torch.Tensor]
+SELECTOR_OPTIMIZERS = ("adam", "sgd")
+
+
+class BatchStream(Protocol):
+    """An endless source of batches carrying their row ids in ``batch["ids"]`` (e.g. ``CyclingBatches``)."""
+
+    def next(self) -> Batch: ...
+
+
+def sft_example_losses(model: Any, batch: Batch) -> torch.Tensor:
+    """Per-example token-mean SFT loss ``[B]`` of a ``collate_sft`` batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sft_loss(logits, batch["labels"])
+
+
+def preference_example_losses(component: Any) -> LossFn:
+    """Per-example preference loss ``[B]`` through a ``PreferenceComponent`` (its loss type and reference)."""
+
+    def losses(model: Any, batch: Batch) -> torch.Tensor:
+        return component.outputs(model, batch).losses
+
+    return losses
+
+
+@dataclass
+class BilevelSettings:
+    """Optimisation of one selection run; ``steps_per_epoch`` sets when ρ decays (one candidate epoch)."""
+
+    steps: int
+    steps_per_epoch: int
+    lr: float = 5e-4
+    proxy_lr: float = 5e-4
+    selector_lr: float = 0.05
+    selector_optimizer: str = "adam"
+    rho: float = 0.9
+    rho_decay: float = 0.1
+    rho_min: float = 0.0
+    value_function: bool = True
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.steps_per_epoch < 1:
+            raise ValueError(f"steps={self.steps} and steps_per_epoch={self.steps_per_epoch} must be >= 1")
+        if self.selector_optimizer not in SELECTOR_OPTIMIZERS:
+            raise ValueError(f"selector_optimizer={self.selector_optimizer!r} is not one of "
+                             f"{list(SELECTOR_OPTIMIZERS)}")
+
+
+@dataclass
+class BilevelResult:
+    """Steps run, wall time, and the logged records (every ``log_every`` steps and the last)."""
+
+    steps: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_selector(model: Any, proxy: Any | None, selector: Selector, golden: BatchStream,
+                   candidates: BatchStream, loss_fn: LossFn, settings: BilevelSettings,
+                   on_log: Callable[[dict[str, float]], None] | None = None) -> BilevelResult:
+    """Run ``settings.steps`` penalty steps; ``selector`` holds the learned logits afterwards.
+
+    ``proxy`` (a copy of the initial model) is required when ``settings.value_function`` is on and ignored
+    otherwise. Models and selector must be on the same device; batches are moved there.
+    """
+    if settings.value_function and proxy is None:
+        raise ValueError("the value-function term needs a proxy model θ'")
+    device = selector.logits.device
+    model_opt = torch.optim.AdamW(_trainable(model), lr=settings.lr, weight_decay=0.0)
+    proxy_opt = (torch.optim.AdamW(_trainable(proxy), lr=settings.proxy_lr, weight_decay=0.0)
+                 if settings.value_function and proxy is not None else None)
+    selector_opt = _selector_optimizer(selector, settings)
+    model.train()
+    if proxy_opt is not None and proxy is not None:
+        proxy.train()
+    result = BilevelResult(steps=0, seconds=0.0)
+    start = time.perf_counter()
+    for step in range(settings.steps):
+        rho = rho_at_epoch(step // settings.steps_per_epoch, settings.rho, settings.rho_decay, settings.rho_min)
+        gold, batch = _to(golden.next(), device), _to(candidates.next(), device)
+        index = selector.indices(batch["ids"])
+        weights = selector.weights()[index]
+        record = {"step": float(step + 1), "rho": rho}
+        upper = _model_step(model, model_opt, loss_fn, gold, batch, weights, rho, settings.max_grad_norm, record)
+        lower = None
+        if proxy_opt is not None:
+            lower = _proxy_step(proxy, proxy_opt, loss_fn, batch, weights, settings.max_grad_norm, record)
+        selector_opt.zero_grad(set_to_none=True)
+        objective = selector_objective(selector.weights()[index], upper, lower)
+        objective.backward()
+        selector_opt.step()
+        record["selector_objective"] = float(objective.detach())
+        result.steps = step + 1
+        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+            result.history.append(record)
+            if on_log is not None:
+                on_log(record)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _model_step(model: Any, optimizer: torch.optim.Optimizer, loss_fn: LossFn, gold: Batch, batch: Batch,
+                weights: torch.Tensor, rho: float, max_norm: float, record: dict[str, float]) -> torch.Tensor:
+    """One θ update; returns the candidate losses ``[B]`` under θ before the update (detached)."""
+    optimizer.zero_grad(set_to_none=True)
+    golden_losses = loss_fn(model, gold) if rho > 0 else torch.zeros(1, device=weights.device)
+    candidate_losses = loss_fn(model, batch)
+    model_objective(rho, golden_losses, candidate_losses, weights).backward()
+    torch.nn.utils.clip_grad_norm_(_trainable(model), max_norm)
+    optimizer.step()
+    record["golden_loss"] = float(golden_losses.detach().mean())
+    record["candidate_loss"] = float(candidate_losses.detach().mean())
+    return candidate_losses.detach()
+
+
+def _proxy_step(proxy: Any, optimizer: torch.optim.Optimizer, loss_fn: LossFn, batch: Batch,
+                weights: torch.Tensor, max_norm: float, record: dict[str, float]) -> torch.Tensor:
+    """One θ' update on the weighted candidate loss; returns its losses ``[B]`` before the update."""
+    optimizer.zero_grad(set_to_none=True)
+    losses = loss_fn(proxy, batch)
+    proxy_objective(losses, weights).backward()
+    torch.nn.utils.clip_grad_norm_(_trainable(proxy), max_norm)
+    optimizer.step()
+    record["proxy_loss"] = float(losses.detach().mean())
+    return losses.detach()
+
+
+def _selector_optimizer(selector: Selector, settings: BilevelSettings) -> torch.optim.Optimizer:
+    if settings.selector_optimizer == "sgd":
+        return torch.optim.SGD(selector.parameters(), lr=settings.selector_lr)
+    # BiPOST's selector engine: Adam, betas (0.9, 0.95), no weight decay
+    return torch.optim.Adam(selector.parameters(), lr=settings.selector_lr, betas=(0.9, 0.95))
+
+
+def _trainable(model: Any) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

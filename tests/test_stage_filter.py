@@ -1,0 +1,61 @@
+"""stage=filter end to end on the embedded world: outputs, keep rule, row format joint_train can read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignment.artifacts import read_manifest, stage_dir
+from alignment.data.readers import read_jsonl, read_rows
+from stages.compose import compose_run
+from stages.config.errors import ConfigError
+from stages.filter import filtered_dataset_path
+from stages.runner import run_stage
+from tests.conftest import SMALL_WORLD
+
+FAST = ("stage.max_steps=3", "stage.batch_size=8", "stage.golden_batch_size=4", "stage.progress=false",
+        "stage.log_every=1")
+
+
+def test_filter_writes_selection_filtered_rows_and_quality_metrics(world_run_dir) -> None:
+    run_dir = world_run_dir()
+    manifest = run_stage(compose_run("stage=filter", *SMALL_WORLD, *FAST, f"run_dir={run_dir}",
+                                     "stage.keep_fraction=0.5"))
+    work = stage_dir(run_dir, 0, "filter")
+    selection = list(read_jsonl(work / "selection.jsonl"))
+    candidates = read_rows(run_dir / "round_00" / "prepare" / "world" / "candidates.jsonl", "sft").rows
+    assert [s["id"] for s in selection] == [row.id for row in candidates]
+    assert sum(s["kept"] for s in selection) == len(candidates) // 2
+    # every kept weight is at least every dropped one (top-p)
+    kept = [s["weight"] for s in selection if s["kept"]]
+    dropped = [s["weight"] for s in selection if not s["kept"]]
+    assert min(kept) >= max(dropped)
+    assert sum(s["weight"] for s in selection) == pytest.approx(len(selection), rel=1e-4)  # softmax: sums to N
+    filtered = read_rows(filtered_dataset_path(run_dir), "sft").rows
+    kept_ids = {s["id"] for s in selection if s["kept"]}
+    assert [row.id for row in filtered] == [row.id for row in candidates if row.id in kept_ids]
+    assert filtered[0] == next(row for row in candidates if row.id == filtered[0].id)  # same row, meta included
+    metrics = manifest["metrics"]
+    assert metrics["kept"] == len(kept) and metrics["steps"] == 3 and metrics["corrupted"] > 0
+    assert 0.0 <= metrics["selection/auroc"] <= 1.0 and metrics["filter_seconds"] > 0
+    assert (work / "weights.png").stat().st_size > 0
+    logged = [json.loads(line) for line in (work / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in logged] == [1, 2, 3]
+    assert read_manifest(work)["metrics"]["kept_fraction"] == pytest.approx(0.5)
+
+
+def test_threshold_rule_without_value_function(world_run_dir) -> None:
+    run_dir = world_run_dir()
+    run_stage(compose_run("stage=filter", *SMALL_WORLD, *FAST, f"run_dir={run_dir}", "stage.keep_rule=threshold",
+                          "stage.threshold=1.0", "stage.value_function=false", "stage.activation=sigmoid"))
+    selection = list(read_jsonl(stage_dir(run_dir, 0, "filter") / "selection.jsonl"))
+    assert all(s["kept"] == (s["weight"] >= 1.0) for s in selection)
+    assert all(0.0 < s["weight"] < 2.0 for s in selection)
+
+
+def test_filter_config_problems_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as error:
+        run_stage(compose_run("stage=filter", "stage.kind=kto", "stage.keep_fraction=0", "stage.rho=2"))
+    message = str(error.value)
+    assert "stage.kind" in message and "stage.keep_fraction" in message and "stage.rho" in message
