@@ -29,8 +29,10 @@ def _to_run_config(cfg: DictConfig):
     assert isinstance(run, RunConfig)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        # each job of a sweep gets its own run directory, named by its overrides
-        run.run_dir = str(Path(run.run_dir) / (hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)))
+        # each job of a sweep gets its own run directory, named by the values swept (e.g. model=small)
+        swept = {arg.split("=", 1)[0] for arg in sys.argv[1:] if "=" in arg and "," in arg.split("=", 1)[1]}
+        job = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0] in swept]
+        run.run_dir = str(Path(run.run_dir) / (",".join(job) or str(hydra_cfg.job.num)))
     return run
 
 

@@ -82,7 +82,7 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
         torch.set_num_threads(stage.num_threads)
     accelerator = make_accelerator(stage.strategy, train.precision, train.grad_accum, stage.zero_stage,
                                    stage.offload, train.max_grad_norm, run.tracking.backends,
-                                   str(ctx.logs_dir))
+                                   str(ctx.logs_dir), micro_batch_size=train.sft_batch_size)
     if run.tracking.backends:
         accelerator.init_trackers(run.tracking.project)
     torch.manual_seed(run.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -93,8 +94,21 @@ def run_stage(run: RunConfig) -> dict[str, Any]:
             result = distributed.broadcast(result)  # rank 0's outputs and metrics are the stage's
         manifest: dict[str, Any] = {}
         if stage_run is not None:
+            _ensure_metrics_log(work_dir, result.metrics)
             manifest = stage_run.commit(outputs=sorted({*result.outputs, "config.yaml", "logs"}),
                                         metrics=result.metrics)
         if multi:
             manifest = distributed.broadcast(manifest)
         return manifest
+
+
+def _ensure_metrics_log(work_dir: Path, metrics: dict[str, Any]) -> None:
+    """Every stage directory has ``logs/metrics.jsonl``: stages without a per-step log get their summary."""
+    from alignment.train.metrics_log import MetricsLog
+
+    path = work_dir / "logs" / "metrics.jsonl"
+    if path.exists():
+        return
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    with MetricsLog(path) as log:
+        log.write(0, {"summary": True, **numbers})

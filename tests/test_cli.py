@@ -28,7 +28,7 @@ TIMEOUT_S = 180
 
 
 def cli_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def alignment_run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
@@ -160,3 +160,14 @@ def test_semantic_change_is_refused_then_forced_through_a_sigkill(prepared: Path
     assert read_manifest(stale[0]) == old
     new = assert_complete(final)
     assert new["config"]["world"]["seed"] == 7 and new["fingerprint"] != old["fingerprint"]
+
+
+def test_multirun_sweep_gives_each_model_its_own_run_directory(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*COMMAND, "-m", "model=tiny,small", *SMALL_WORLD, "world.pretrain_batch_size=2", f"run_dir={tmp_path}"],
+        env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for size in ("tiny", "small"):
+        manifest = assert_complete(tmp_path / f"model={size}" / "round_00" / "prepare")
+        assert manifest["config"]["model.size"] == size

@@ -87,7 +87,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(world_run_dir, monkeyp
 def test_joint_training_keeps_both_objectives_where_single_objectives_forget(world_run_dir):
     """Learning happens, and ALRIGHT sits between the single-objective runs on both held-out losses."""
     budget = ("stage.train.max_steps=30", "stage.train.eval_every=30", "stage.train.sft_batch_size=8",
-              "stage.train.pref_batch_size=8")
+              "stage.train.pref_batch_size=8", "stage.train.eval_max_rows=256")
     finals = {}
     for objective in ("sft", "preference", "alright"):
         run_dir = world_run_dir(objective)

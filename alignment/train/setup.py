@@ -9,7 +9,7 @@ import torch
 
 def make_accelerator(strategy: str, precision: str, grad_accum: int, zero_stage: int = 2, offload: bool = False,
                      max_grad_norm: float = 1.0, trackers: list[str] | None = None,
-                     project_dir: str | None = None) -> Any:
+                     project_dir: str | None = None, micro_batch_size: int = 1) -> Any:
     """An ``Accelerator`` for plain/DDP (``auto``/``ddp``) or DeepSpeed ZeRO (``deepspeed``) training.
 
     The LR scheduler is stepped by the loop once per optimizer step (``step_scheduler_with_optimizer=False``),
@@ -20,11 +20,14 @@ def make_accelerator(strategy: str, precision: str, grad_accum: int, zero_stage:
 
     plugin = None
     if strategy == "deepspeed":
+        _single_process_env()
         plugin = DeepSpeedPlugin(
             zero_stage=zero_stage, gradient_accumulation_steps=grad_accum, gradient_clipping=max_grad_norm,
             offload_optimizer_device="cpu" if offload else "none",
             offload_param_device="cpu" if offload and zero_stage == 3 else "none",
         )
+        # batches are fed by our own streams, not a prepared DataLoader, so DeepSpeed is told the size directly
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
     return Accelerator(
         # without cpu=True accelerate ignores a torchrun world on a CPU-only machine (each rank trains alone)
         cpu=plugin is None and not torch.cuda.is_available(),
@@ -35,6 +38,21 @@ def make_accelerator(strategy: str, precision: str, grad_accum: int, zero_stage:
         log_with=trackers or None,
         project_dir=project_dir,
     )
+
+
+def _single_process_env() -> None:
+    """Describe a one-process world when not launched by torchrun/accelerate, so DeepSpeed does not go looking
+    for MPI (what ``accelerate launch`` would set)."""
+    import os
+    import socket
+
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -1,0 +1,151 @@
+"""Configs of the training stages: ``prepare``, ``joint_train`` (with :class:`TrainSettings`) and ``filter``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from stages.config.errors import runtime
+from stages.config.sections import check_choice
+
+if TYPE_CHECKING:
+    from stages.config.stage_configs import RunConfig
+
+from stages.config.stage_base import StageConfig
+
+
+@dataclass
+class PrepareConfig(StageConfig):
+    """Materialise the embedded world: tokenizer, base model of ``model.size``, data splits."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("world", "model.size")
+    name: str = "prepare"
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every training stage."""
+
+    max_steps: int = 200
+    sft_batch_size: int = 16
+    pref_batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"
+    eval_every: int = 50
+    eval_max_rows: int = 256
+    save_every: int = 50
+    keep_checkpoints: int = runtime(2)
+    # speed/memory: length-bucketed batches (sort inside shuffled windows of bucket_window batches; 1 = off),
+    # cached reference log-probs (no reference model kept during training), prefix-shared preference forward
+    bucket_window: int = 1
+    ref_cache: bool = runtime(False)
+    prefix_sharing: bool = runtime(False)
+
+    def validate(self, prefix: str = "stage") -> list[str]:
+        problems: list[str] = []
+        for key in ("max_steps", "sft_batch_size", "pref_batch_size", "grad_accum", "eval_every", "save_every",
+                    "bucket_window"):
+            if getattr(self, key) < 1:
+                problems.append(f"{prefix}.{key} must be >= 1 (got {getattr(self, key)})")
+        if self.lr <= 0:
+            problems.append(f"{prefix}.lr must be > 0 (got {self.lr})")
+        check_choice(problems, f"{prefix}.schedule", self.schedule, ("cosine", "linear", "constant"))
+        check_choice(problems, f"{prefix}.precision", self.precision, ("fp32", "bf16"))
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"{prefix}.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        return problems
+
+
+@dataclass
+class JointTrainConfig(StageConfig):
+    """Joint SFT + preference training (ALRIGHT, MAXRIGHT, mix, sequential, single objective)."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data", "objective", "loss", "seed")
+    name: str = "joint_train"
+    train: TrainSettings = field(default_factory=TrainSettings)
+    reference: str = "initial"
+    save_merged: bool = False
+    early_stop_eps: float | None = None
+    ref_pareto: list[list[float]] = field(default_factory=list)
+    strategy: str = runtime("auto")
+    zero_stage: int = runtime(2)
+    offload: bool = runtime(False)
+    num_threads: int = runtime(0)
+    verifier_eval: bool = runtime(True)
+
+    def validate(self, run: RunConfig) -> list[str]:
+        problems = super().validate(run) + self.train.validate("stage.train")
+        if self.reference not in ("initial",) and not self.reference:
+            problems.append("stage.reference must be 'initial' or a model path")
+        check_choice(problems, "stage.strategy", self.strategy, ("auto", "ddp", "deepspeed"))
+        if self.zero_stage not in (0, 1, 2, 3):
+            problems.append(f"stage.zero_stage must be 0..3 (got {self.zero_stage})")
+        if any(len(point) != 2 for point in self.ref_pareto):
+            problems.append("stage.ref_pareto must be a list of [sft_loss, pref_loss] pairs")
+        return problems
+
+
+@dataclass
+class FilterConfig(StageConfig):
+    """Bilevel data selection of ``data.candidates`` against the golden set ``data.golden`` (REFERENCES §4.3).
+
+    ``kind``: sft (per-example SFT loss) | preference (per-example ``loss.name`` loss). Penalty method: θ
+    minimises ρ·L_gold + (1-ρ)·mean(w·ℓ); the selector also subtracts the value function through a proxy
+    θ' trained on the weighted candidate loss (``value_function``; false = BiPOST/SEAL). ρ_e = max(rho_min,
+    rho - e·rho_decay) per candidate epoch. ``epochs`` over the pool (``max_steps`` overrides). Keep rule:
+    top_p (``keep_fraction`` of the rows with the largest weights) or threshold (weight >= ``threshold``).
+    """
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data.golden", "data.candidates", "data.max_length",
+                                           "data.truncation", "data.on_bad_row", "loss", "seed")
+    name: str = "filter"
+    kind: str = "sft"
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 16
+    golden_batch_size: int = 8
+    lr: float = 1e-4
+    proxy_lr: float | None = None
+    selector_lr: float = 0.05
+    selector_optimizer: str = "adam"
+    activation: str = "softmax"
+    rho: float = 0.9
+    rho_decay: float = 0.1
+    rho_min: float = 0.0
+    value_function: bool = True
+    max_grad_norm: float = 1.0
+    keep_rule: str = "top_p"
+    keep_fraction: float = 0.7
+    threshold: float = 1.0
+    reference: str = "initial"
+    num_threads: int = runtime(0)
+
+    def validate(self, run: RunConfig) -> list[str]:
+        problems = super().validate(run)
+        check_choice(problems, "stage.kind", self.kind, ("sft", "preference"))
+        check_choice(problems, "stage.selector_optimizer", self.selector_optimizer, ("adam", "sgd"))
+        check_choice(problems, "stage.activation", self.activation, ("softmax", "sigmoid"))
+        check_choice(problems, "stage.keep_rule", self.keep_rule, ("top_p", "threshold"))
+        for key in ("epochs", "batch_size", "golden_batch_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"stage.{key} must be >= 1 (got {getattr(self, key)})")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"stage.max_steps must be >= 1 or null (got {self.max_steps})")
+        for key in ("lr", "selector_lr"):
+            if getattr(self, key) <= 0:
+                problems.append(f"stage.{key} must be > 0 (got {getattr(self, key)})")
+        if self.proxy_lr is not None and self.proxy_lr <= 0:
+            problems.append(f"stage.proxy_lr must be > 0 or null (got {self.proxy_lr})")
+        for key in ("rho", "rho_min"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                problems.append(f"stage.{key} must be in [0, 1] (got {getattr(self, key)})")
+        if self.rho_decay < 0:
+            problems.append(f"stage.rho_decay must be >= 0 (got {self.rho_decay})")
+        if not 0.0 < self.keep_fraction <= 1.0:
+            problems.append(f"stage.keep_fraction must be in (0, 1] (got {self.keep_fraction})")
+        return problems
