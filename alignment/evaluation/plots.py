@@ -17,13 +17,14 @@ def plot_loss_space(trajectories: Mapping[str, Sequence[Mapping[str, float]]], p
     (f*_SFT, f*_pref) as a star when known. Each trajectory is a list of eval records with ``eval/sft_loss``
     and ``eval/pref_loss``; the last point is marked."""
     figure, axes = plt.subplots(figsize=(6.5, 5))
-    for label, records in trajectories.items():
+    palette = plt.get_cmap("tab20" if len(trajectories) > 10 else "tab10")
+    for index, (label, records) in enumerate(trajectories.items()):
         points = [(r["eval/sft_loss"], r["eval/pref_loss"]) for r in records
                   if "eval/sft_loss" in r and "eval/pref_loss" in r]
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
-        (line,) = axes.plot(xs, ys, marker=".", alpha=0.8, label=label)
+        (line,) = axes.plot(xs, ys, marker=".", alpha=0.8, label=label, color=palette(index % palette.N))
         axes.scatter([xs[-1]], [ys[-1]], color=line.get_color(), s=60, edgecolor="black", zorder=3)
     if ideal[0] is not None and ideal[1] is not None:
         axes.scatter([ideal[0]], [ideal[1]], marker="*", s=200, color="gold", edgecolor="black", zorder=4,
