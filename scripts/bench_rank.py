@@ -62,7 +62,7 @@ def main() -> None:
             rows.append((name, unit, done, seconds, ranker.describe().get("device", "?")))
     print(f"{'model':<36} {'device':<8} {'unit':<12} {'count':>7} {'seconds':>9} {'per second':>11}")
     for name, unit, done, seconds, device in rows:
-        print(f"{name:<36} {device:<8} {unit:<12} {done:>7} {seconds:>9.2f} {done / seconds:>11.1f}")
+        print(f"{name:<36} {device:<8} {unit:<12} {done:>7} {seconds:>9.2f} {done / seconds:>11.3g}")
 
 
 if __name__ == "__main__":
