@@ -23,14 +23,27 @@ def is_secondary_node() -> bool:
     return "WORLD_SIZE" not in os.environ and int(os.environ.get("NODE_RANK", "0")) > 0
 
 
-def init_process_group() -> None:
-    """Join the process group torchrun described in the environment (gloo on CPU, nccl on GPUs)."""
+def init_process_group() -> bool:
+    """Join the process group torchrun described in the environment (gloo on CPU, nccl on GPUs); True when
+    this call created it (and so should destroy it)."""
     import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+    if dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def destroy_process_group(synchronize: bool = True) -> None:
+    """Leave the process group cleanly (an undestroyed gloo group can abort the process at exit); after a
+    failure, leave without waiting for ranks that may never arrive."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if synchronize:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def broadcast(value: Any) -> Any:

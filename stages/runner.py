@@ -33,7 +33,7 @@ def ensure_world(run: RunConfig) -> None:
     print(f"[{run.stage.name}] the embedded world is not prepared in {prepare_dir(run)}: running stage=prepare first")
     prepare = dataclasses.replace(run, stage=PrepareConfig(progress=run.stage.progress), round=0, force=False,
                                   dry_run=False, run_dir=run.world_dir or run.run_dir, world_dir="")
-    run_stage(prepare)
+    run_stage(prepare, local=True)
 
 
 def stage_spec(run: RunConfig) -> StageSpec:
@@ -48,20 +48,33 @@ def stage_spec(run: RunConfig) -> StageSpec:
     )
 
 
-def run_stage(run: RunConfig) -> dict[str, Any]:
+def run_stage(run: RunConfig, local: bool = False) -> dict[str, Any]:
     """Run ``run.stage`` and return its manifest (or, for a dry run, the dry run's report).
 
-    Under ``torchrun`` every rank calls this; rank 0 alone manages the stage directory.
+    Under ``torchrun`` every rank calls this; rank 0 alone manages the stage directory. ``local=True`` runs in
+    this process only (rank 0 building the world for the others).
     """
+    if local or distributed.world_size() == 1:
+        return _run_stage(run, multi=False)
+    created = distributed.init_process_group()
+    try:
+        result = _run_stage(run, multi=True)
+    except BaseException:
+        if created:
+            distributed.destroy_process_group(synchronize=False)
+        raise
+    if created:
+        distributed.destroy_process_group()
+    return result
+
+
+def _run_stage(run: RunConfig, multi: bool) -> dict[str, Any]:
     validate_or_raise(run)
     module = stage_module(run.stage.name)
     if distributed.is_secondary_node() and hasattr(module, "run_worker"):
         # multi-node without torchrun (NODE_RANK/NNODES): this node only produces its shards; node 0 commits
         worker_report: dict[str, Any] = module.run_worker(run)
         return worker_report
-    multi = distributed.world_size() > 1
-    if multi:
-        distributed.init_process_group()
     if not multi or distributed.rank() == 0:
         ensure_world(run)
     if multi:
