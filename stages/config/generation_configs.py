@@ -158,7 +158,30 @@ class GenerateConfig(GenerationRuntimeFields, StageConfig):
 
 
 @dataclass
-class RankConfig(StageConfig):
+class RankerSettings:
+    """Which ranker scores responses and its limits; shared by ``rank`` and ``evaluate`` (win rates).
+
+    PairRM inputs are cut to ``source_max_tokens``/``candidate_max_tokens``; reward models to
+    ``reward_max_tokens``; the judge (``judge_model``, default the round's policy) samples ``judge_samples``
+    rubric scores (pointwise) or verdicts in both orders (pairwise).
+    """
+
+    ranker: str = "verifier"
+    ranker_model: str = ""
+    ranker_dtype: str = "float32"
+    source_max_tokens: int = 1224
+    candidate_max_tokens: int = 412
+    reward_max_tokens: int = 2048
+    judge_model: str = ""
+    judge_mode: str = "pointwise"
+    judge_samples: int = 3
+    judge_temperature: float = 0.7
+    judge_max_new_tokens: int = 96
+    judge_max_prompt_tokens: int = 896
+
+
+@dataclass
+class RankConfig(RankerSettings, StageConfig):
     """Score this round's generated responses and build preference pairs (``pairs.jsonl``, ``ranked.jsonl``).
 
     ``ranker``: pairrm | reward_model (``ranker_model``: a directory or Hub id) | verifier (the embedded world)
@@ -174,20 +197,12 @@ class RankConfig(StageConfig):
     SECTIONS: ClassVar[tuple[str, ...]] = ("seed",)
     name: str = "rank"
     ranker: str = "verifier"
-    ranker_model: str = ""
-    ranker_dtype: str = "float32"
     pair_rule: str = "best_vs_worst"
     min_margin: float = 0.0
     length_alpha: float = 0.0
-    source_max_tokens: int = 1224
-    candidate_max_tokens: int = 412
-    reward_max_tokens: int = 2048
-    judge_model: str = ""
     judge_mode: str = "pointwise"
     judge_samples: int = 3
     judge_temperature: float = 0.7
-    judge_max_new_tokens: int = 96
-    judge_max_prompt_tokens: int = 896
     batch_size: int = runtime(16)
     shard_size: int = runtime(256)
     device: str | None = runtime(None)
@@ -219,7 +234,7 @@ EVALUATION_SUITES = ("sft_loss", "preference", "win_rate", "mmlu", "mt_bench", "
 
 
 @dataclass
-class EvaluateConfig(GenerationRuntimeFields, StageConfig):
+class EvaluateConfig(RankerSettings, GenerationRuntimeFields, StageConfig):
     """Standalone evaluation of ``models`` (``base``, stage artifacts such as ``round_00/joint_train``, model
     directories, LoRA adapter directories or Hub ids) on ``suites``:
 
@@ -239,17 +254,9 @@ class EvaluateConfig(GenerationRuntimeFields, StageConfig):
     reference_outputs: str = ""
     max_instructions: int | None = None
     ranker: str = "pairrm"
-    ranker_model: str = ""
-    ranker_dtype: str = "float32"
-    source_max_tokens: int = 1224
-    candidate_max_tokens: int = 412
-    reward_max_tokens: int = 2048
-    judge_model: str = ""
     judge_mode: str = "pairwise"
     judge_samples: int = 1
     judge_temperature: float = 0.0
-    judge_max_new_tokens: int = 96
-    judge_max_prompt_tokens: int = 896
     mmlu_path: str = ""
     mmlu_shots: list[int] = field(default_factory=lambda: [0, 5])
     mmlu_max_rows: int | None = None
