@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Lay out, write as PNG and close ``figure``; returns the path written."""
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def plot_loss_space(trajectories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path,
@@ -34,11 +44,7 @@ def plot_loss_space(trajectories: Mapping[str, Sequence[Mapping[str, float]]], p
     axes.set_title(title or "loss space (lower-left is better)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_estimates(estimates: Mapping[str, Mapping[str, float]], path: str | Path, ylabel: str,
@@ -57,11 +63,7 @@ def plot_estimates(estimates: Mapping[str, Mapping[str, float]], path: str | Pat
     axes.set_ylabel(ylabel)
     axes.set_title(title or ylabel)
     axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_length_distribution(lengths: Mapping[str, Sequence[int]], path: str | Path,
@@ -75,8 +77,4 @@ def plot_length_distribution(lengths: Mapping[str, Sequence[int]], path: str | P
     axes.set_ylabel("outputs")
     axes.set_title(title)
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from alignment.evaluation.plots import save_figure  # noqa: E402
+
 
 def plot_weight_histogram(weights: Sequence[float], path: str | Path, corrupted: Sequence[bool] | None = None,
                           threshold: float | None = None, title: str = "") -> Path:
@@ -32,8 +34,4 @@ def plot_weight_histogram(weights: Sequence[float], path: str | Path, corrupted:
     axes.set_ylabel("rows")
     axes.set_title(title or "selector weights")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
