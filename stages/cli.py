@@ -23,11 +23,13 @@ from stages.config.store import check_overrides, register_configs
 
 
 def _to_run_config(cfg: DictConfig):
+    from stages.config.recipe import apply_stage_settings
     from stages.config.stage_configs import RunConfig
 
+    hydra_cfg = HydraConfig.get()
+    apply_stage_settings(cfg, list(hydra_cfg.overrides.task))
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, RunConfig)
-    hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # each job of a sweep gets its own run directory, named by the values swept (e.g. model=small)
         swept = {arg.split("=", 1)[0] for arg in sys.argv[1:] if "=" in arg and "," in arg.split("=", 1)[1]}

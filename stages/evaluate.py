@@ -1,7 +1,8 @@
 """``stage=evaluate``: compare ``stage.models`` on ``stage.suites`` and write ``eval.json``, ``eval.md`` and plots.
 
-Models: ``base`` (the run's base model), a stage artifact such as ``round_00/joint_train`` (relative to the run
-directory or absolute; its ``model/`` is evaluated), a model or LoRA adapter directory, or a Hub id. Every model
+Models: ``base`` (the run's base model), ``policy`` (the round's starting policy), a stage artifact such as
+``round_00/joint_train`` or ``round:joint_train`` (this round's; relative to the run directory or absolute; its
+``model/`` is evaluated), a model or LoRA adapter directory, or a Hub id. Every model
 generates with the same sampling settings and seed; generations are cached under
 ``{run_dir}/cache/evaluate/<suite>/<model-key>.jsonl`` keyed by model fingerprint + prompts + sampling, so
 re-judging never regenerates. Copies land in the artifact (``generations/``, ``alpaca_eval/``, ``mt_bench/``).
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from alignment.artifacts import input_fingerprint, is_complete
+from alignment.rounds import resolve_ref, trained_model
 from stages.config.stage_configs import RunConfig
-from stages.paths import TRAINED_MODEL_DIR, dataset_path, model_path
+from stages.paths import dataset_path, model_path, policy_path
 from stages.registry import StageContext, StageResult
 
 STAGE_VERSION = 1
@@ -40,13 +42,15 @@ def resolve_models(run: RunConfig) -> dict[str, dict[str, str]]:
     """``key -> {"spec", "path" (what is loaded), "input" (what identifies it)}`` for every ``stage.models``."""
     models: dict[str, dict[str, str]] = {}
     for spec in run.stage.models:
-        path = input_path = spec
+        path = input_path = resolve_ref(spec, run.run_dir, run.round)
         if spec == "base":
             path = input_path = model_path(run)
+        elif spec == "policy":
+            path = input_path = policy_path(run)
         else:
-            for candidate in (Path(run.run_dir) / spec, Path(spec)):
+            for candidate in (Path(run.run_dir) / path, Path(path)):
                 if candidate.is_dir() and is_complete(candidate):  # a stage artifact: evaluate its model
-                    path, input_path = str(candidate / TRAINED_MODEL_DIR), str(candidate)
+                    path, input_path = str(trained_model(candidate)), str(candidate)
                     break
         key = model_key(spec)
         while key in models:

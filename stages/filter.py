@@ -20,7 +20,7 @@ from typing import Any
 from alignment.artifacts import stage_dir
 from stages.config.stage_configs import RunConfig
 from stages.data_loading import load_rows
-from stages.paths import dataset_path, policy_path
+from stages.paths import dataset_path, policy_path, reference_path
 from stages.registry import StageContext, StageResult
 
 STAGE_VERSION = 1
@@ -38,8 +38,9 @@ def inputs(run: RunConfig) -> dict[str, str]:
     """The policy, the golden set, the candidate pool and a separate reference model if one is named."""
     found = {"policy": policy_path(run), "data.golden": dataset_path(run, run.data.golden),
              "data.candidates": dataset_path(run, run.data.candidates)}
-    if run.stage.kind == "preference" and run.stage.reference != "initial":  # read by build_policy
-        found["reference"] = run.stage.reference
+    reference = reference_path(run, run.stage.reference)
+    if run.stage.kind == "preference" and reference is not None:  # read by build_policy
+        found["reference"] = reference
     return found
 
 

@@ -29,6 +29,7 @@ from stages.paths import dataset_path, model_path, policy_path
 from stages.registry import StageContext, StageResult
 
 STAGE_VERSION = 1
+DISTRIBUTED = True  # every torchrun rank takes part (see stages/registry.py)
 RESPONSES_FILE = "responses.jsonl"
 SHARDS_DIR = "shards"
 INSTRUCTIONS_STAGE = "create_instructions"

@@ -14,7 +14,7 @@ from typing import Any
 
 from stages.config.stage_configs import RunConfig
 from stages.data_loading import load_tokenized
-from stages.paths import TRAINED_MODEL_DIR, dataset_path, policy_path
+from stages.paths import TRAINED_MODEL_DIR, dataset_path, policy_path, reference_path
 from stages.registry import StageContext, StageResult
 from stages.train_parts import (
     build_components,
@@ -26,6 +26,7 @@ from stages.train_parts import (
 )
 
 STAGE_VERSION = 1
+DISTRIBUTED = True  # every torchrun rank takes part (see stages/registry.py)
 DATA_SLOTS = {"sft": "sft", "preference": "preference", "sft_eval": "sft", "preference_eval": "preference"}
 
 
@@ -34,8 +35,9 @@ def inputs(run: RunConfig) -> dict[str, str]:
     found = {"policy": policy_path(run)}
     for slot in DATA_SLOTS:
         found[f"data.{slot}"] = dataset_path(run, getattr(run.data, slot))
-    if run.stage.reference != "initial":
-        found["reference"] = run.stage.reference
+    reference = reference_path(run, run.stage.reference)
+    if reference is not None:
+        found["reference"] = reference
     if "kd" in run.objective.objectives:
         found["teacher"] = run.objective.teacher
     for index, path in enumerate(run.objective.optima_from):

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignment.artifacts import stage_dir
+from alignment.rounds import TRAINED_MODEL_DIR, policy_for_round, reference_for_round, resolve_ref
 from stages.config.sections import DatasetSpec
 from stages.config.stage_configs import RunConfig
 
 WORLD_DATA_DIR = "world"
 WORLD_MODEL_DIR = "model"
-TRAINED_MODEL_DIR = "model"
+__all__ = ["TRAINED_MODEL_DIR", "dataset_path", "model_path", "policy_path", "prepare_dir", "reference_path",
+           "uses_world"]
 
 
 def prepare_dir(run: RunConfig) -> Path:
@@ -26,10 +28,11 @@ def uses_world(run: RunConfig) -> bool:
 
 
 def dataset_path(run: RunConfig, spec: DatasetSpec) -> str:
-    """A file/directory/Hub id for ``spec``; ``world:<split>`` maps into the prepare artifact."""
+    """A file/directory/Hub id for ``spec``; ``world:<split>`` maps into the prepare artifact and
+    ``round:<stage>/<file>`` / ``prev:<stage>/<file>`` into this or the previous round's artifact."""
     split = spec.world_split
     if split is None:
-        return spec.path
+        return resolve_ref(spec.path, run.run_dir, run.round)
     return str(prepare_dir(run) / WORLD_DATA_DIR / f"{split}.jsonl")
 
 
@@ -42,6 +45,10 @@ def model_path(run: RunConfig) -> str:
 
 def policy_path(run: RunConfig) -> str:
     """The policy of ``run.round``: the base model in round 0, else the previous round's trained model."""
-    if run.round == 0:
-        return model_path(run)
-    return str(stage_dir(run.run_dir, run.round - 1, "joint_train") / TRAINED_MODEL_DIR)
+    return policy_for_round(run.run_dir, run.round, model_path(run))
+
+
+def reference_path(run: RunConfig, choice: str) -> str | None:
+    """The reference model for ``choice`` (``initial`` | ``previous`` | a path or artifact reference); None when
+    it is the round's starting policy, which the trainer copies instead of loading twice."""
+    return reference_for_round(choice, run.run_dir, run.round, model_path(run))

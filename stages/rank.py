@@ -19,6 +19,7 @@ from stages.config.stage_configs import RunConfig
 from stages.registry import StageContext, StageResult
 
 STAGE_VERSION = 1
+DISTRIBUTED = True  # every torchrun rank takes part (see stages/registry.py)
 RESPONSES_STAGE = "generate"
 RESPONSES_FILE = "responses.jsonl"
 RANKED_FILE = "ranked.jsonl"

@@ -2,7 +2,8 @@
 
 Each stage module defines ``STAGE_VERSION`` (bump it when the stage's outputs change for the same config),
 ``inputs(run) -> dict[name, path or id]``, ``run(run, ctx) -> StageResult`` and optionally
-``dry_run(run, inputs)``. Modules are imported lazily so that config checks never import torch.
+``dry_run(run, inputs)``; ``DISTRIBUTED = True`` when every torchrun rank takes part in ``run`` (else rank 0
+runs it alone and the others wait). Modules are imported lazily so that config checks never import torch.
 """
 
 from __future__ import annotations

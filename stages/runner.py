@@ -54,6 +54,10 @@ def run_stage(run: RunConfig, local: bool = False) -> dict[str, Any]:
     Under ``torchrun`` every rank calls this; rank 0 alone manages the stage directory. ``local=True`` runs in
     this process only (rank 0 building the world for the others).
     """
+    if run.stage.name == "iterate":  # a driver over the recipe's stages, each run through here
+        from stages.iterate import run_rounds
+
+        return run_rounds(run)
     if local or distributed.world_size() == 1:
         return _run_stage(run, multi=False)
     created = distributed.init_process_group()
@@ -102,11 +106,13 @@ def _run_stage(run: RunConfig, multi: bool) -> dict[str, Any]:
         if multi:
             distributed.barrier()
         context = StageContext(work_dir=work_dir, inputs=spec.inputs, resuming=bool(decision["resuming"]))
-        result = module.run(run, context)
+        # a stage without multi-rank support runs on rank 0 alone; the other ranks wait for its result
+        result = module.run(run, context) if is_main or getattr(module, "DISTRIBUTED", False) else None
         if multi:
             result = distributed.broadcast(result)  # rank 0's outputs and metrics are the stage's
         manifest: dict[str, Any] = {}
         if stage_run is not None:
+            assert result is not None  # rank 0 always ran the stage
             _ensure_metrics_log(work_dir, result.metrics)
             manifest = stage_run.commit(outputs=sorted({*result.outputs, "config.yaml", "logs"}),
                                         metrics=result.metrics)

@@ -30,7 +30,7 @@ def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]
     disable_dropout(model)
     needs_reference = LossType(run.loss.name).needs_reference
     reference_model, kind = None, "none (reference-free loss)"
-    if needs_reference and run.stage.reference != "initial":
+    if needs_reference and "reference" in inputs:  # a model other than the round's starting policy
         reference_model = freeze(load_causal_lm(inputs["reference"], cfg.dtype, cfg.attn_implementation,
                                                  cfg.trust_remote_code))
         kind = f"separate model {inputs['reference']}"
@@ -141,7 +141,7 @@ def cached_reference(run: RunConfig, inputs: dict[str, str], examples: dict[str,
     if not run.stage.train.ref_cache or reference_fn is None or not loss.paired:
         return reference_fn, None
     pairs = list(examples["preference"]) + list(examples["preference_eval"])
-    source = inputs["reference"] if run.stage.reference != "initial" else inputs["policy"]
+    source = inputs.get("reference", inputs["policy"])
     settings = {"dtype": run.model.dtype, "attn": run.model.attn_implementation,
                 "max_length": run.data.max_length, "truncation": run.data.truncation}
     key = cache_key(input_fingerprint(source), tokenizer_fingerprint(tokenizer), pairs, settings)

@@ -32,7 +32,7 @@ from stages.registry import StageContext, StageResult
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("stage", "model", "data", "objective", "loss", "world")
 # options that cannot compose on their own, and the overrides they need
-REQUIRED_EXTRAS = {("model", "hf"): ["model.name_or_path=/models/some-lm"]}
+REQUIRED_EXTRAS = {("model", "hf"): ["model.name_or_path=/models/some-lm"], ("stage", "iterate"): ["recipe=toy"]}
 
 
 def group_options() -> list[tuple[str, str]]:

@@ -76,7 +76,8 @@ class CreateInstructionsConfig(GenerationRuntimeFields, StageConfig):
     generates ``cluster_oversample`` x more and keeps a TF-IDF k-means-diverse subset.
     """
 
-    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data.prompts", "seed")
+    # round: world prompts and self-instruct sampling are seeded per round, so rounds differ
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data.prompts", "seed", "round")
     name: str = "create_instructions"
     n_instructions: int = 200
     source: str = "world"

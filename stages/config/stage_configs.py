@@ -20,6 +20,7 @@ from stages.config.generation_configs import (
     RankConfig,
     sampling_problems,
 )
+from stages.config.recipe import RecipeConfig
 from stages.config.sections import (
     DataConfig,
     LossConfig,
@@ -29,7 +30,13 @@ from stages.config.sections import (
     WorldConfig,
 )
 from stages.config.stage_base import StageConfig
-from stages.config.train_configs import FilterConfig, JointTrainConfig, PrepareConfig, TrainSettings
+from stages.config.train_configs import (
+    FilterConfig,
+    IterateConfig,
+    JointTrainConfig,
+    PrepareConfig,
+    TrainSettings,
+)
 
 __all__ = [
     "EVALUATION_SUITES",
@@ -39,6 +46,7 @@ __all__ = [
     "FilterConfig",
     "GenerateConfig",
     "GenerationRuntimeFields",
+    "IterateConfig",
     "JointTrainConfig",
     "PrepareConfig",
     "RankConfig",
@@ -57,6 +65,7 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "filter": FilterConfig,
     "joint_train": JointTrainConfig,
     "evaluate": EvaluateConfig,
+    "iterate": IterateConfig,
 }
 
 
@@ -71,9 +80,11 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     run_dir: str = "runs/default"
     world_dir: str = ""  # run directory holding the embedded world (round_00/prepare); empty: run_dir itself
     round: int = 0
+    rounds: int = 1  # stage=iterate: how many rounds to run (rounds 0 .. rounds-1)
     seed: int = 0
     force: bool = False
     dry_run: bool = False
@@ -83,6 +94,8 @@ class RunConfig:
         problems: list[str] = []
         if self.round < 0:
             problems.append(f"round must be >= 0 (got {self.round})")
+        if self.rounds < 1:
+            problems.append(f"rounds must be >= 1 (got {self.rounds})")
         if not self.run_dir:
             problems.append("run_dir is empty")
-        return problems + self.stage.validate(self) + self.tracking.validate()
+        return problems + self.stage.validate(self) + self.tracking.validate() + self.recipe.validate()

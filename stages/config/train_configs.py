@@ -80,11 +80,15 @@ class JointTrainConfig(StageConfig):
 
     def validate(self, run: RunConfig) -> list[str]:
         problems = super().validate(run) + self.train.validate("stage.train")
-        if self.reference not in ("initial",) and not self.reference:
-            problems.append("stage.reference must be 'initial' or a model path")
+        if not self.reference:
+            problems.append("stage.reference must be 'initial', 'previous', a model path or prev:joint_train")
         check_choice(problems, "stage.strategy", self.strategy, ("auto", "ddp", "deepspeed"))
         if self.zero_stage not in (0, 1, 2, 3):
             problems.append(f"stage.zero_stage must be 0..3 (got {self.zero_stage})")
+        if run.model.lora.enabled and run.recipe.name and not self.save_merged:
+            # the next round starts from model/merged; an adapter alone would be re-applied to the wrong base
+            problems.append("a recipe with model.lora.enabled=true needs "
+                            "recipe.stage_settings.joint_train.save_merged=true (the next round's policy)")
         if any(len(point) != 2 for point in self.ref_pareto):
             problems.append("stage.ref_pareto must be a list of [sft_loss, pref_loss] pairs")
         return problems
@@ -148,4 +152,21 @@ class FilterConfig(StageConfig):
             problems.append(f"stage.rho_decay must be >= 0 (got {self.rho_decay})")
         if not 0.0 < self.keep_fraction <= 1.0:
             problems.append(f"stage.keep_fraction must be in (0, 1] (got {self.keep_fraction})")
+        return problems
+
+
+@dataclass
+class IterateConfig(StageConfig):
+    """``stage=iterate``: run ``rounds`` rounds of ``recipe`` in this process (each stage under the artifact
+    contract, so a re-run resumes), then print and write a per-round summary. ``list_stages`` only prints the
+    plan as ``key value`` lines (``rounds N``, ``run_dir D``, ``stage S``...), which ``recipes/iterative/run.sh``
+    loops over."""
+
+    name: str = "iterate"
+    list_stages: bool = runtime(False)
+
+    def validate(self, run: RunConfig) -> list[str]:
+        problems = super().validate(run)
+        if not run.recipe.name:
+            problems.append("stage=iterate needs a recipe: recipe=toy | aipo | bipost | rlhflow (configs/recipe/)")
         return problems

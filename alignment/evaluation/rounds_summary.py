@@ -1,0 +1,63 @@
+"""The per-round table of an iterative run: one row for the starting model, then one per round.
+
+Values come from each round's ``evaluate`` manifest (its headline metrics ``<suite>/<model key>/<metric>``):
+the row "base" holds round 0's ``policy`` numbers, row ``k`` the numbers of round ``k``'s trained model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from alignment.evaluation.plots import plt, save_figure
+
+BEFORE_KEY, AFTER_KEY = "policy", "round_joint_train"
+
+
+def model_metrics(metrics: Mapping[str, Any], model_key: str) -> dict[str, float]:
+    """``{"<suite>/<metric>": value}`` of one model in an evaluate manifest's metrics."""
+    found = {}
+    for name, value in metrics.items():
+        parts = name.split("/")
+        if len(parts) == 3 and parts[1] == model_key and isinstance(value, (int, float)):
+            found[f"{parts[0]}/{parts[2]}"] = float(value)
+    return found
+
+
+def summary_rows(evaluations: Sequence[Mapping[str, Any]], extras: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows ``{"round": "base" | k, <suite/metric>: value, ...}`` from each round's evaluate metrics, plus that
+    round's ``extras`` (e.g. pairs built, training steps)."""
+    rows: list[dict[str, Any]] = []
+    if evaluations:
+        rows.append({"round": "base", **model_metrics(evaluations[0], BEFORE_KEY)})
+    for index, (metrics, extra) in enumerate(zip(evaluations, extras, strict=True)):
+        rows.append({"round": index, **extra, **model_metrics(metrics, AFTER_KEY)})
+    return rows
+
+
+def summary_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table of ``rows`` restricted to ``columns`` (missing values shown as blank)."""
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
+
+    lines = ["| round | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += ["| " + " | ".join([cell(row["round"])] + [cell(row.get(c)) for c in columns]) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def headline_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The evaluation metrics worth a column: overall numbers, not per-family breakdowns."""
+    names = {key for row in rows for key in row if "/" in key and ".families" not in key and "families." not in key}
+    return sorted(names)
+
+
+def plot_rounds(rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path) -> Path:
+    """``metric`` per round (x: base, 0, 1, ...) as a line with markers."""
+    points = [(str(row["round"]), row[metric]) for row in rows if metric in row]
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    axes.plot([label for label, _ in points], [value for _, value in points], marker="o")
+    axes.set_xlabel("after round")
+    axes.set_ylabel(metric)
+    axes.grid(alpha=0.3)
+    return save_figure(figure, path)

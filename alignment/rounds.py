@@ -1,0 +1,90 @@
+"""Round wiring of the iterative loop, in one place: which model each round starts from, which reference it
+uses, and how a config names another stage's artifact of the same run.
+
+Round ``k`` starts from round ``k-1``'s ``joint_train`` model (the base model in round 0). The reference of a
+preference loss is an explicit choice: ``initial`` (the run's base model, fixed across rounds, as in
+RLHFlow's iterative DPO), ``previous`` (the round's starting policy, as in AIPO and self-rewarding loops) or a
+model path. Configs refer to artifacts of the same run with ``round:<stage>[/<file>]`` (this round) and
+``prev:<stage>[/<file>]`` (the previous round), e.g. ``data.preference.path=round:rank/pairs.jsonl``; only
+this module turns those into paths, so neither bash nor YAML ever builds one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignment.artifacts import stage_dir
+
+TRAINED_MODEL_DIR = "model"
+MERGED_SUBDIR = "merged"
+TRAIN_STAGE = "joint_train"
+REFERENCE_CHOICES = ("initial", "previous")
+THIS_ROUND, PREVIOUS_ROUND = "round:", "prev:"
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A reference to ``{run_dir}/round_{k}/{stage}/{file}`` relative to the current round."""
+
+    round_offset: int  # 0: this round, -1: the previous one
+    stage: str
+    file: str
+
+    def path(self, run_dir: str | Path, round_index: int) -> Path:
+        """The referenced path; a clear error for ``prev:`` in round 0."""
+        target = round_index + self.round_offset
+        if target < 0:
+            raise ValueError(f"'{PREVIOUS_ROUND}{self.stage}' has no previous round in round {round_index}")
+        directory = stage_dir(run_dir, target, self.stage)
+        return directory / self.file if self.file else directory
+
+
+def parse_artifact_ref(text: str) -> ArtifactRef | None:
+    """``round:rank/pairs.jsonl`` -> ArtifactRef(0, "rank", "pairs.jsonl"); None for anything else."""
+    for prefix, offset in ((THIS_ROUND, 0), (PREVIOUS_ROUND, -1)):
+        if text.startswith(prefix):
+            stage, _, file = text[len(prefix):].partition("/")
+            if not stage:
+                raise ValueError(f"{text!r} names no stage (expected {prefix}<stage>[/<file>])")
+            return ArtifactRef(offset, stage, file)
+    return None
+
+
+def resolve_ref(text: str, run_dir: str | Path, round_index: int) -> str:
+    """``text`` itself, or the path an artifact reference names."""
+    ref = parse_artifact_ref(text)
+    return text if ref is None else str(ref.path(run_dir, round_index))
+
+
+def trained_model(artifact: str | Path) -> Path:
+    """The model a ``joint_train`` artifact hands to the next round: its merged weights when a LoRA run wrote
+    them (so adapters of successive rounds never stack on the wrong base), else ``model/``."""
+    model = Path(artifact) / TRAINED_MODEL_DIR
+    merged = model / MERGED_SUBDIR
+    return merged if merged.is_dir() else model
+
+
+def policy_for_round(run_dir: str | Path, round_index: int, base_model: str) -> str:
+    """The model round ``round_index`` starts from: the base model in round 0, else the previous round's."""
+    if round_index == 0:
+        return base_model
+    return str(trained_model(stage_dir(run_dir, round_index - 1, TRAIN_STAGE)))
+
+
+def reference_for_round(choice: str, run_dir: str | Path, round_index: int, base_model: str) -> str | None:
+    """The reference model path for ``choice``, or None when it is the round's starting policy itself (which
+    the trainer then copies, or reaches by disabling LoRA adapters, instead of loading it twice)."""
+    if choice == "previous" or (choice == "initial" and round_index == 0):
+        return None
+    if choice == "initial":
+        return base_model
+    return resolve_model_ref(choice, run_dir, round_index)
+
+
+def resolve_model_ref(text: str, run_dir: str | Path, round_index: int) -> str:
+    """Like :func:`resolve_ref`, but a bare ``joint_train`` reference (``prev:joint_train``) names its model."""
+    ref = parse_artifact_ref(text)
+    if ref is not None and ref.stage == TRAIN_STAGE and not ref.file:
+        return str(trained_model(ref.path(run_dir, round_index)))
+    return resolve_ref(text, run_dir, round_index)
