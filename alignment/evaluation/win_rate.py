@@ -3,7 +3,9 @@
 Every instruction is judged in both presentation orders (model first, reference first) so a position bias of
 the judge cancels; a tie counts as half a win. Results are also written in AlpacaEval's own formats
 (``model_outputs.json`` rows ``{instruction, output, generator, dataset}`` and annotations with ``output_1`` =
-reference, ``output_2`` = model and ``preference`` in [1, 2], 2 = the model wins).
+reference, ``output_2`` = model and ``preference`` in [1, 2], 2 = the model wins), which the optional
+``alpaca_eval`` package can score too (:func:`alpaca_eval_metrics`, re-exported from
+:mod:`alignment.evaluation.alpaca_eval_package`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from alignment.evaluation.alpaca_eval_package import alpaca_eval_metrics as alpaca_eval_metrics  # re-exported
 from alignment.evaluation.stats import DEFAULT_RESAMPLES, estimate
 from alignment.ranking.base import CandidateGroup, Ranker
 
@@ -26,6 +29,7 @@ class Matchup:
     reference: str
     reference_generator: str = "reference"
     dataset: str = ""
+    index: int | None = None  # position in AlpacaEval's instruction set, for its length-controlled win rate
 
 
 def order_outcome(first_score: float | None, second_score: float | None) -> float | None:
@@ -80,31 +84,9 @@ def model_outputs_rows(matchups: Sequence[Matchup], generator: str) -> list[dict
 
 def annotation_rows(matchups: Sequence[Matchup], wins: Sequence[float], generator: str,
                     annotator: str) -> list[dict[str, Any]]:
-    """AlpacaEval annotations: ``preference`` = 1 + P(model wins), so 1 = reference, 2 = model, 1.5 = tie."""
+    """AlpacaEval annotations: ``preference`` = 1 + P(model wins), so 1 = reference, 2 = model, 1.5 = tie; with
+    ``index`` when the matchup has one."""
     return [{"instruction": m.instruction, "output_1": m.reference, "generator_1": m.reference_generator,
              "output_2": m.output, "generator_2": generator, "annotator": annotator, "preference": 1.0 + w,
-             "dataset": m.dataset}
+             "dataset": m.dataset, **({} if m.index is None else {"index": m.index})}
             for m, w in zip(matchups, wins, strict=True)]
-
-
-def alpaca_eval_metrics(annotations: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The win rate from the ``alpaca_eval`` package's own metric functions, plus its length-controlled win
-    rate; each is ``{"status": "unavailable: <why>"}`` when it cannot be computed here."""
-    try:
-        from alpaca_eval import metrics  # type: ignore[import-not-found]
-    except ImportError:
-        reason = "unavailable: the alpaca_eval package is not installed"
-        return {"win_rate": {"status": reason}, "length_controlled_win_rate": {"status": reason}}
-    found: dict[str, Any] = {}
-    try:
-        found["win_rate"] = dict(metrics.pairwise_to_winrate([a["preference"] for a in annotations]))
-    except Exception as error:  # noqa: BLE001 - an optional cross-check; record why it failed
-        found["win_rate"] = {"status": f"unavailable: {type(error).__name__}: {error}"}
-    try:
-        import pandas as pd
-        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate  # type: ignore[import-not-found]
-
-        found["length_controlled_win_rate"] = dict(get_length_controlled_winrate(pd.DataFrame(annotations)))
-    except Exception as error:  # noqa: BLE001 - needs inputs (e.g. baseline GLM data) that may be missing
-        found["length_controlled_win_rate"] = {"status": f"unavailable: {type(error).__name__}: {error}"}
-    return found
