@@ -212,6 +212,8 @@ def test_vllm_engine_arguments_follow_the_options() -> None:
     assert (kwargs["enable_lora"], kwargs["max_lora_rank"]) == (True, 16) and kwargs["trust_remote_code"] is False
     plain = engine_kwargs("m", "t", BackendOptions(), lora_rank=None)
     assert "enable_lora" not in plain and "kv_cache_memory_bytes" not in plain and "max_model_len" not in plain
+    assert "enable_chunked_prefill" not in plain  # GPUs keep vLLM's default
+    assert engine_kwargs("m", "t", BackendOptions(), lora_rank=None, cpu=True)["enable_chunked_prefill"] is False
     assert [vllm_lora_rank(r) for r in (1, 2, 8, 64, 300)] == [1, 8, 8, 64, 320]
     with pytest.raises(ValueError, match="exceeds"):
         vllm_lora_rank(1024)

@@ -48,7 +48,8 @@ def vllm_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
 
 
-def engine_kwargs(model: str, tokenizer: str, options: BackendOptions, lora_rank: int | None) -> dict[str, Any]:
+def engine_kwargs(model: str, tokenizer: str, options: BackendOptions, lora_rank: int | None,
+                  cpu: bool = False) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM`` for ``options`` (pure, so it is testable without vLLM)."""
     kwargs: dict[str, Any] = {
         "model": model,
@@ -66,6 +67,10 @@ def engine_kwargs(model: str, tokenizer: str, options: BackendOptions, lora_rank
         kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * _GIB)
     if lora_rank is not None:
         kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
+    if cpu:
+        # vLLM's CPU runner fails ("CPU Generator does not use offset") when a seeded request's prefill is
+        # split across steps; whole prefills avoid that and cost nothing at the prompt lengths used on CPU.
+        kwargs["enable_chunked_prefill"] = False
     return kwargs
 
 
@@ -143,9 +148,11 @@ class VLLMBackend(GenerationBackend):
         return llm
 
     def _engine(self, source: ModelSource, lora_rank: int | None) -> Any:
+        import torch
         from vllm import LLM
 
-        return LLM(**engine_kwargs(source.model, source.tokenizer, self.options, lora_rank))
+        cpu = not torch.cuda.is_available()
+        return LLM(**engine_kwargs(source.model, source.tokenizer, self.options, lora_rank, cpu=cpu))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.source.describe(), "adapter_mode": self.adapter_mode,
