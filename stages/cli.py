@@ -42,9 +42,8 @@ def _to_run_config(cfg: DictConfig):
 def _hydra_main(cfg: DictConfig) -> None:
     from stages.runner import run_stage
 
-    run = _to_run_config(cfg)
     try:
-        run_stage(run)
+        run_stage(_to_run_config(cfg))
     except (ConfigError, ArtifactError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -54,12 +53,15 @@ def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from stages.config.recipe import with_open_stage_settings
+
     register_configs()
     try:
         check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    sys.argv = [sys.argv[0], *with_open_stage_settings(sys.argv[1:])]
     _hydra_main()
 
 

@@ -20,10 +20,10 @@ def compose_run(*overrides: str) -> RunConfig:
 
     register_configs()
     check_overrides(list(overrides))
-    from stages.config.recipe import apply_stage_settings
+    from stages.config.recipe import apply_stage_settings, with_open_stage_settings
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
+        cfg = compose("config", overrides=with_open_stage_settings(list(overrides)))
     apply_stage_settings(cfg, list(overrides))
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, RunConfig)

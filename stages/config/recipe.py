@@ -44,7 +44,8 @@ def settings_problems(stage: str, settings: Any) -> list[str]:
         stage_config(stage, settings)
     except Exception as error:  # omegaconf raises several error types; all mean the same to the user
         message = str(error).splitlines()[0]
-        return [f"recipe.stage_settings.{stage}: {message}"]
+        key = getattr(error, "full_key", None)  # e.g. "train.bogus": name the whole key the user wrote
+        return [f"recipe.stage_settings.{stage}{'.' + key if key else ''}: {message}"]
     return []
 
 
@@ -66,11 +67,22 @@ def apply_stage_settings(cfg: Any, overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
+    from stages.config.errors import ConfigError
+
     settings = cfg.recipe.stage_settings.get(cfg.stage.name)
     if not settings:
         return
+    problems = settings_problems(cfg.stage.name, settings)
+    if problems:  # the same readable problem validate() reports, not omegaconf's traceback
+        raise ConfigError(problems)
     cfg.stage = OmegaConf.merge(cfg.stage, settings)
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key.startswith("stage.") and not override.is_delete():
             OmegaConf.update(cfg, key, override.value(), merge=False)
+
+
+def with_open_stage_settings(overrides: list[str]) -> list[str]:
+    """``recipe.stage_settings.<stage>.<key>=v`` as ``++...`` (add or replace): the settings are a free-form
+    mapping, so a key the recipe file does not set must still be accepted (the stage's schema checks it)."""
+    return [f"++{o}" if o.startswith("recipe.stage_settings.") else o for o in overrides]
