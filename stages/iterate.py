@@ -53,8 +53,9 @@ def run_rounds(run: RunConfig) -> dict[str, Any]:
 
 def _round_extras(run: RunConfig, round_index: int) -> dict[str, Any]:
     extras: dict[str, Any] = {}
-    if "rank" in run.recipe.stages:
-        extras["pairs"] = read_manifest(stage_dir(run.run_dir, round_index, "rank"))["metrics"].get("pairs")
+    if "rank" in run.recipe.stages:  # the policy's samples of this round: their mean score and the pairs built
+        ranked = read_manifest(stage_dir(run.run_dir, round_index, "rank"))["metrics"]
+        extras.update(sample_score=ranked.get("mean_score"), pairs=ranked.get("pairs"))
     if "joint_train" in run.recipe.stages:
         metrics = read_manifest(stage_dir(run.run_dir, round_index, "joint_train"))["metrics"]
         extras["train_steps"] = metrics.get("steps")
@@ -74,7 +75,8 @@ def write_summary(run: RunConfig) -> dict[str, Any]:
     evaluations = ([read_manifest(stage_dir(run.run_dir, k, "evaluate"))["metrics"] for k in rounds]
                    if "evaluate" in run.recipe.stages else [])
     rows = summary_rows(evaluations, [_round_extras(run, k) for k in rounds]) if evaluations else []
-    columns = [c for c in ("pairs", "train_steps") if any(c in row for row in rows)] + headline_columns(rows)
+    extras = ("sample_score", "pairs", "train_steps")
+    columns = [c for c in extras if any(row.get(c) is not None for row in rows)] + headline_columns(rows)
     out = Path(run.run_dir) / SUMMARY_DIR
     out.mkdir(parents=True, exist_ok=True)
     table = summary_markdown(rows, columns)

@@ -49,6 +49,11 @@ def _load_data(run: RunConfig, tokenizer: Any) -> tuple[dict[str, list[Any]], di
     examples, stats = {}, {}
     for slot, kind in DATA_SLOTS.items():
         examples[slot], stats[slot] = load_tokenized(run, getattr(run.data, slot), kind, tokenizer)
+    for slot in ("sft", "preference"):
+        if slot in run.objective.objectives and not examples[slot]:
+            raise ValueError(f"data.{slot} ({stats[slot]['source']}) has no usable {slot} rows to train on "
+                             f"(statistics: {stats[slot]}); for a round's pairs, the ranker found no pair: "
+                             f"more prompts or samples (generate.n), or a lower rank.min_margin")
     return examples, stats
 
 
@@ -128,7 +133,7 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
         plot_loss_space({run.objective.name: result.evals}, ctx.work_dir / "loss_space.png", ideal=best,
                         title=f"{run.objective.name} (λ={run.objective.lambd}, loss={run.loss.name})")
         outputs.append("loss_space.png")
-        metrics = _summary(result, data_stats, reference_kind)
+        metrics = _summary(result, data_stats, reference_kind, accelerator.num_processes)
         metrics.update(verifier_report(run, str(ctx.work_dir / TRAINED_MODEL_DIR), ctx.inputs["policy"]))
         shutil.rmtree(ctx.work_dir / "checkpoints", ignore_errors=True)  # the artifact is complete: no resume
     for tracker in accelerator.trackers:  # not end_training(): it would tear down the runner's process group
@@ -136,7 +141,7 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
     return StageResult(outputs=outputs, metrics=metrics)
 
 
-def _summary(result: Any, data_stats: dict[str, Any], reference_kind: str) -> dict[str, Any]:
+def _summary(result: Any, data_stats: dict[str, Any], reference_kind: str, processes: int) -> dict[str, Any]:
     final = result.evals[-1] if result.evals else {}
     best: dict[str, float] = {}
     for key in ("eval/sft_loss", "eval/pref_loss"):
@@ -152,5 +157,6 @@ def _summary(result: Any, data_stats: dict[str, Any], reference_kind: str) -> di
         "train_seconds": round(result.seconds, 3),
         "seconds_per_step": round(result.seconds_per_step, 5),
         "reference": reference_kind,
+        "processes": processes,
         "data": data_stats,
     }

@@ -35,14 +35,14 @@ def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]
                                                  cfg.trust_remote_code))
         kind = f"separate model {inputs['reference']}"
     elif needs_reference and not cfg.lora.enabled:
-        reference_model, kind = frozen_copy(model), "frozen copy of the initial policy"
+        reference_model, kind = frozen_copy(model), "frozen copy of the round's starting policy"
     if cfg.lora.enabled:
         lora = cfg.lora
         model = add_lora(model, LoraSpec(lora.r, lora.alpha, lora.dropout, list(lora.target_modules)))
     if reference_model is not None:
         return model, model_reference(reference_model), kind
     if needs_reference:  # LoRA: the base model is the initial policy
-        return model, adapter_disabled_reference(model), "initial policy (LoRA base, adapters disabled)"
+        return model, adapter_disabled_reference(model), "the round's starting policy (LoRA base, adapters disabled)"
     return model, None, kind
 
 

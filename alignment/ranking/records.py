@@ -78,9 +78,12 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def pair_metrics(ranked_rows: Sequence[dict[str, Any]], pair_rows: Sequence[dict[str, Any]],
                  counts: Counter[str]) -> dict[str, Any]:
-    """Manifest metrics: pairs, tie rate, chosen vs rejected lengths and scores, selection counts."""
+    """Manifest metrics: pairs, tie rate, the mean score of every candidate (the policy's average reward, tracked
+    round after round), chosen vs rejected lengths and scores, selection counts."""
     considered = counts.get("candidate_pairs", 0)
+    scores = [float(s) for r in ranked_rows for s in r["scores"] if s is not None]
     return {"prompts": len(ranked_rows), "candidates": sum(len(r["responses"]) for r in ranked_rows),
+            "mean_score": round(sum(scores) / len(scores), 4) if scores else None,
             "pairs": len(pair_rows), "tie_rate": round(counts.get("ties", 0) / considered, 4) if considered else 0.0,
             "mean_chosen_chars": _mean([len(r["chosen"]) for r in pair_rows]),
             "mean_rejected_chars": _mean([len(r["rejected"]) for r in pair_rows]),

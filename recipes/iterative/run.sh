@@ -40,7 +40,9 @@ common=("recipe=$recipe" "${overrides[@]}")
 [[ -n "$run_dir" ]] && common+=("run_dir=$run_dir")
 [[ -n "$rounds" ]] && common+=("rounds=$rounds")
 
-# The recipe's plan (its stages, and rounds/run_dir after the overrides above), as "key value" lines.
+# The recipe's plan (its stages, and rounds/run_dir after the overrides above), as "key value" lines. Read
+# into a variable first so that an invalid configuration stops here with alignment_run's own error and status.
+plan="$("$alignment_run" stage=iterate stage.list_stages=true "${common[@]}")"
 stages=()
 while read -r key value; do
   case "$key" in
@@ -48,7 +50,7 @@ while read -r key value; do
     run_dir) run_dir="$value" ;;
     stage) stages+=("$value") ;;
   esac
-done < <("$alignment_run" stage=iterate stage.list_stages=true "${common[@]}")
+done <<< "$plan"
 [[ ${#stages[@]} -gt 0 ]] || { echo "run.sh: recipe '$recipe' lists no stages" >&2; exit 2; }
 
 echo "[run.sh] recipe $recipe: ${rounds} round(s) of ${stages[*]} in $run_dir"
