@@ -7,12 +7,13 @@ Outputs: ``selection.jsonl`` (``{id, weight, kept}`` per scored candidate), ``fi
 the input row format: train on them with ``data.sft.path=<this dir>/filtered.jsonl``, see
 :func:`filtered_dataset_path`), ``weights.png`` (weight histogram, clean vs corrupted when rows carry
 ``meta.corrupted``), ``logs/metrics.jsonl``; manifest metrics: kept count, AUROC / precision / recall against
-the noise labels when present, time.
+the noise labels when present (and AUROC per noise kind when rows name it in ``meta.corruption``), time.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -106,22 +107,36 @@ def _streams(run: RunConfig, loaded: dict[str, Any], tokenizer: Any) -> tuple[An
     return golden, candidates
 
 
-def run(run: RunConfig, ctx: StageContext) -> StageResult:
+@dataclass
+class SelectionSetup:
+    """What one selection run needs, built from the run config: the policy θ, its proxy θ' (None without the
+    value-function term), the selector, the golden and candidate batch streams, the per-example loss, the
+    optimisation settings, and the loaded rows (``loaded[slot] = {"rows", "examples", "stats"}``)."""
+
+    model: Any
+    proxy: Any | None
+    selector: Any
+    golden: Any
+    candidates: Any
+    loss_fn: Any
+    settings: Any
+    loaded: dict[str, Any]
+
+
+def build_selection(run: RunConfig, stage_inputs: dict[str, str]) -> SelectionSetup:
+    """Load data and models and build a :class:`SelectionSetup` (seeded with ``run.seed``; on the GPU if any)."""
     import torch
 
-    from alignment.filtering.bilevel import BilevelSettings, train_selector
+    from alignment.filtering.bilevel import BilevelSettings
     from alignment.filtering.selector import Selector
     from alignment.models.loading import load_tokenizer
-    from alignment.train.metrics_log import MetricsLog
 
     stage = run.stage
-    if stage.num_threads:
-        torch.set_num_threads(stage.num_threads)
     torch.manual_seed(run.seed)
-    tokenizer = load_tokenizer(ctx.inputs["policy"], run.model.trust_remote_code)
+    tokenizer = load_tokenizer(stage_inputs["policy"], run.model.trust_remote_code)
     loaded = _load(run, tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, loss_fn = _policy_and_losses(run, ctx.inputs, tokenizer)
+    model, loss_fn = _policy_and_losses(run, stage_inputs, tokenizer)
     model.to(device)
     proxy = copy.deepcopy(model) if stage.value_function else None
     selector = Selector([e.id for e in loaded["candidates"]["examples"]], stage.activation).to(device)
@@ -133,15 +148,29 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
         selector_optimizer=stage.selector_optimizer, rho=stage.rho, rho_decay=stage.rho_decay,
         rho_min=stage.rho_min, value_function=stage.value_function, max_grad_norm=stage.max_grad_norm,
         log_every=stage.log_every)
+    return SelectionSetup(model, proxy, selector, golden, candidates, loss_fn, settings, loaded)
+
+
+def run(run: RunConfig, ctx: StageContext) -> StageResult:
+    import torch
+
+    from alignment.filtering.bilevel import train_selector
+    from alignment.train.metrics_log import MetricsLog
+
+    stage = run.stage
+    if stage.num_threads:
+        torch.set_num_threads(stage.num_threads)
+    setup = build_selection(run, ctx.inputs)
     with MetricsLog(ctx.logs_dir / "metrics.jsonl") as metrics_log:
-        result = train_selector(model, proxy, selector, golden, candidates, loss_fn, settings,
+        result = train_selector(setup.model, setup.proxy, setup.selector, setup.golden, setup.candidates,
+                                setup.loss_fn, setup.settings,
                                 on_log=lambda record: metrics_log.write(int(record["step"]), record))
-    metrics = _write_selection(run, ctx.work_dir, loaded["candidates"]["rows"], selector.weight_map())
-    metrics.update({"steps": result.steps, "steps_per_epoch": steps_per_epoch,
+    metrics = _write_selection(run, ctx.work_dir, setup.loaded["candidates"]["rows"], setup.selector.weight_map())
+    metrics.update({"steps": result.steps, "steps_per_epoch": setup.settings.steps_per_epoch,
                     "filter_seconds": round(result.seconds, 3),
                     "seconds_per_step": round(result.seconds / max(result.steps, 1), 5),
                     "final_rho": result.history[-1]["rho"] if result.history else stage.rho,
-                    "data": {slot: data["stats"] for slot, data in loaded.items()}})
+                    "data": {slot: data["stats"] for slot, data in setup.loaded.items()}})
     return StageResult(outputs=[SELECTION_FILE, FILTERED_FILE, HISTOGRAM_FILE], metrics=metrics)
 
 
@@ -149,7 +178,7 @@ def _write_selection(run: RunConfig, work_dir: Path, rows: list[Any], weight_of:
     """Apply the keep rule, write selection/filtered/histogram; metrics (quality when rows carry noise labels)."""
     from alignment.data.readers import write_jsonl
     from alignment.filtering.report import plot_weight_histogram
-    from alignment.filtering.selection import keep_mask, noise_labels, selection_quality
+    from alignment.filtering.selection import auroc_by_kind, keep_mask, noise_labels, selection_quality
 
     stage = run.stage
     scored = [row for row in rows if row.id in weight_of]  # rows dropped by tokenization were never scored
@@ -169,4 +198,8 @@ def _write_selection(run: RunConfig, work_dir: Path, rows: list[Any], weight_of:
     if labels is not None and 0 < sum(labels) < len(labels):
         metrics.update(selection_quality(weights, kept, labels).to_dict("selection/"))
         metrics["corrupted"] = sum(labels)
+        kinds = [row.meta.get("corruption") for row in scored]
+        if any(kinds):  # the world's rows name their kind of noise (world.corruption=mixed has two)
+            metrics.update({f"selection/auroc_{kind}": value
+                            for kind, value in auroc_by_kind(weights, labels, kinds).items()})
     return metrics

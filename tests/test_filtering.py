@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignment.filtering.bilevel import BilevelSettings, train_selector
-from alignment.filtering.selection import auroc, keep_mask, noise_labels, selection_quality
+from alignment.filtering.selection import auroc, auroc_by_kind, keep_mask, noise_labels, selection_quality
 from alignment.filtering.selector import (
     Selector,
     model_objective,
@@ -59,6 +59,23 @@ def test_penalty_gradient_with_and_without_the_value_function_term() -> None:
     # loses it and the hard-but-consistent row gains.
 
 
+def test_batch_baseline_compares_rows_within_their_batch() -> None:
+    # N = 4 rows at z = 0, batch (a, b) with gaps d = [3, 1]. softmax: ∂w_b/∂z_j = δ_bj - 1/4, so
+    # ∂/∂z_j mean_b(w_b·d_b) = (1/2)·Σ_b d_b·(δ_bj - 1/4).
+    def grad(center: bool) -> list[float]:
+        selector = Selector(["a", "b", "c", "d"])
+        weights = selector.weights()[selector.indices(["a", "b"])]
+        selector_objective(weights, torch.tensor([3.0, 1.0]), None, center=center).backward()
+        assert selector.logits.grad is not None
+        return selector.logits.grad.tolist()
+
+    # raw gaps: a = (3·0.75 - 0.25)/2 = 1, b = (-0.75 + 0.75)/2 = 0, unseen c, d = -(3 + 1)/8 = -0.5: descent
+    # raises the unseen rows above b, the better row of the batch, only because every gap is positive
+    assert grad(center=False) == pytest.approx([1.0, 0.0, -0.5, -0.5])
+    # centred gaps [1, -1]: a = (0.75 + 0.25)/2 = 0.5, b = -0.5, unseen rows 0
+    assert grad(center=True) == pytest.approx([0.5, -0.5, 0.0, 0.0])
+
+
 def test_model_objective_mixes_golden_and_weighted_candidate_losses() -> None:
     golden, candidate = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 4.0], requires_grad=True)
     weights = torch.tensor([0.5, 1.5], requires_grad=True)
@@ -97,6 +114,16 @@ def test_auroc_counts_pairs_and_half_ties() -> None:
     assert auroc([0.5, 0.3, 0.5, 0.1], [True, True, False, False]) == pytest.approx(0.625)
     with pytest.raises(ValueError, match="positive and one negative"):
         auroc([0.1, 0.2], [True, True])
+
+
+def test_auroc_by_kind_scores_each_noise_kind_against_the_clean_rows() -> None:
+    weights = [2.0, 1.0, 0.5, 1.5, 0.1]
+    corrupted = [False, False, True, True, True]
+    kinds = [None, None, "mismatch", "near_miss", "mismatch"]
+    # mismatch rows (0.5, 0.1) are below both clean rows: 1; the near miss (1.5) beats one of two clean rows: 1/2
+    assert auroc_by_kind(weights, corrupted, kinds) == {"mismatch": 1.0, "near_miss": 0.5}
+    # unnamed kinds pool together: clean 2.0 beats all three, clean 1.0 beats two -> 5/6
+    assert auroc_by_kind(weights, corrupted, [None] * 5) == {"unknown": pytest.approx(5 / 6)}
 
 
 def test_selection_quality_and_noise_labels() -> None:
@@ -172,6 +199,26 @@ def test_value_function_term_changes_the_weights() -> None:
     assert max(abs(a - b) for a, b in zip(with_v, without_v, strict=True)) > 0.05
     # both still rank flipped rows low: the v term subtracts what the proxy fits, it does not invert the signal
     assert auroc(without_v, [not c for c in corrupted]) >= 0.9
+
+
+def test_value_term_uses_the_proxy_after_its_step() -> None:
+    # θ' starts equal to θ, so before its first update the gap ℓ(θ) - ℓ(θ') is 0 for every row and the selector
+    # would not move; after the update it is what one proxy step fits of each row.
+    torch.manual_seed(0)
+    (gx, gy), (cx, cy), _ = _toy_problem()
+    ids = [f"row{i}" for i in range(len(cy))]
+    model = torch.nn.Linear(8, 2)
+    proxy = torch.nn.Linear(8, 2)
+    proxy.load_state_dict(model.state_dict())
+    selector = Selector(ids)
+    settings = BilevelSettings(steps=1, steps_per_epoch=13, lr=0.05, proxy_lr=0.05, selector_lr=1.0,
+                               selector_optimizer="sgd", log_every=1)
+    result = train_selector(model, proxy, selector, _Stream(gx, gy, [f"g{i}" for i in range(64)], 8, 1),
+                            _Stream(cx, cy, ids, 16, 2), _toy_losses, settings)
+    record = result.history[0]
+    assert record["proxy_loss_after"] < record["proxy_loss"]
+    moved = selector.logits.detach().abs()
+    assert int((moved > 1e-6).sum()) == 16  # the batch rows moved; centred softmax leaves the others at 0
 
 
 def test_value_function_needs_a_proxy() -> None:

@@ -9,7 +9,6 @@ optimises) and greedy verifier accuracy on the 300 held-out world prompts. The r
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

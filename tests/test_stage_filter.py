@@ -45,6 +45,19 @@ def test_filter_writes_selection_filtered_rows_and_quality_metrics(world_run_dir
     assert read_manifest(work)["metrics"]["kept_fraction"] == pytest.approx(0.5)
 
 
+def test_default_filter_separates_mismatched_rows_in_one_pass(world_run_dir) -> None:
+    # world=ci: 200 candidates, 30% of them answered with another family's answer (world.corruption=mismatch);
+    # the default filter (one pass, 13 steps of 16 rows, value-function term on) must rank them low
+    run_dir = world_run_dir()
+    manifest = run_stage(compose_run("stage=filter", *SMALL_WORLD, f"run_dir={run_dir}", "stage.progress=false"))
+    metrics = manifest["metrics"]
+    assert metrics["steps"] == metrics["steps_per_epoch"] == 13 and metrics["corrupted"] == 60
+    assert metrics["selection/auroc"] >= 0.9
+    assert metrics["selection/auroc_mismatch"] == metrics["selection/auroc"]  # the only kind of noise here
+    # top 70% of 200 rows kept; with AUROC >= 0.9 most of the 60 corrupted rows are among the 60 dropped
+    assert metrics["kept"] == 140 and metrics["selection/precision"] >= 0.9
+
+
 def test_threshold_rule_without_value_function(world_run_dir) -> None:
     run_dir = world_run_dir()
     run_stage(compose_run("stage=filter", *SMALL_WORLD, *FAST, f"run_dir={run_dir}", "stage.keep_rule=threshold",
@@ -59,3 +72,8 @@ def test_filter_config_problems_are_reported_together() -> None:
         run_stage(compose_run("stage=filter", "stage.kind=kto", "stage.keep_fraction=0", "stage.rho=2"))
     message = str(error.value)
     assert "stage.kind" in message and "stage.keep_fraction" in message and "stage.rho" in message
+
+
+def test_unknown_world_corruption_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="world.corruption='typo' is not one of"):
+        run_stage(compose_run("stage=prepare", "world.corruption=typo"))

@@ -172,6 +172,43 @@ def test_candidates_corruption_fraction_and_labels(world: dict[str, list[dict]])
         assert verify(user["content"], assistant["content"]) == (0.0 if row["corrupted"] else 1.0)
 
 
+def test_mismatch_corruption_is_another_family_prompts_answer(world: dict[str, list[dict]]) -> None:
+    rows = world["candidates"]
+    answers_by_family: dict[str, set[str]] = {}
+    for row in rows:
+        answers_by_family.setdefault(row["family"], set()).add(solve(row["messages"][0]["content"]))
+    corrupted = [r for r in rows if r["corrupted"]]
+    assert {r["corruption"] for r in corrupted} == {"mismatch"}
+    assert all("corruption" not in r for r in rows if not r["corrupted"])
+    for row in corrupted:
+        prompt, response = row["messages"][0]["content"], row["messages"][1]["content"]
+        donors = {f for f, answers in answers_by_family.items() if response in answers}
+        assert donors - {row["family"]}, f"{response!r} is no other family's candidate answer"
+        assert verify(prompt, response) == 0.0
+
+
+def _candidates(corruption: str, n: int = 60) -> list[dict]:
+    sizes = WorldSizes(sft_train=3, sft_eval=3, pref_train=2, pref_eval=2, golden=5, candidates=n, prompts=5,
+                       eval_per_family=1, corrupt_fraction=0.5, corruption=corruption)
+    return build_world(3, sizes)["candidates"]
+
+
+def test_near_miss_and_mixed_corruption() -> None:
+    near = _candidates("near_miss")
+    assert {r["corruption"] for r in near if r["corrupted"]} == {"near_miss"}
+    for row in near:
+        if row["corrupted"]:  # a near miss has the shape of the right answer (same item count)
+            answer = solve(row["messages"][0]["content"])
+            assert len(row["messages"][1]["content"].split()) == len(answer.split())
+    mixed = _candidates("mixed")
+    kinds = [r["corruption"] for r in mixed if r["corrupted"]]
+    assert len(kinds) == 30 and kinds.count("near_miss") == 15 and kinds.count("mismatch") == 15
+    # the same prompts and corrupted rows whatever the kind: only the corrupted answers differ
+    assert [r["messages"][0] for r in mixed] == [r["messages"][0] for r in near]
+    assert [r["corrupted"] for r in mixed] == [r["corrupted"] for r in near]
+    assert [r for r in mixed if not r["corrupted"]] == [r for r in near if not r["corrupted"]]
+
+
 def test_corrupt_fraction_extremes() -> None:
     sizes = WorldSizes(sft_train=3, sft_eval=3, pref_train=2, pref_eval=2, golden=5, candidates=20, prompts=5,
                        eval_per_family=1, corrupt_fraction=1.0)
@@ -195,6 +232,12 @@ def test_world_sizes_reject_bad_values() -> None:
         WorldSizes(sft_train=-1)
     with pytest.raises(ValueError, match="corrupt_fraction=1.5"):
         WorldSizes(corrupt_fraction=1.5)
+    with pytest.raises(ValueError, match="corruption='typo' is not one of"):
+        WorldSizes(corruption="typo")
+    one_family = WorldSizes(sft_train=0, sft_eval=0, pref_train=0, pref_eval=0, golden=0, candidates=1,
+                            prompts=0, eval_per_family=0, corrupt_fraction=1.0)
+    with pytest.raises(ValueError, match="at least two families"):
+        build_world(0, one_family)
 
 
 def test_exhausted_prompt_space_is_a_clear_error() -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "FAMILIES",
     "PREFERENCE_FAMILIES",
     "SFT_FAMILIES",
+    "CORRUPTIONS",
     "SPLITS",
     "WorldSizes",
     "build_world",
@@ -50,11 +51,24 @@ Row = dict[str, Any]
 SPLITS = ("eval_tasks", "golden", "sft_eval", "pref_eval", "sft_train", "pref_train", "candidates", "prompts")
 _PRETRAIN_BUCKETS = 4  # prompts whose hash is 0 mod this are reserved for pretraining text
 _MAX_DRAWS_PER_ROW = 1000
+# Kinds of noise in the candidate pool: ``near_miss`` (a plausible wrong answer to the row's own prompt, see
+# ``wrong_answer``), ``mismatch`` (the correct answer of another candidate prompt of a different family: a
+# response that belongs to another prompt, the typical noise of scraped instruction data) or ``mixed`` (half
+# of the corrupted rows of each kind).
+CORRUPTIONS = ("near_miss", "mismatch", "mixed")
 
 
 @dataclass(frozen=True)
 class WorldSizes:
-    """Row counts per split (``eval_per_family`` is per family) and the corrupted share of ``candidates``."""
+    """Row counts per split (``eval_per_family`` is per family), the corrupted share of ``candidates`` and the
+    kind of corruption (one of :data:`CORRUPTIONS`).
+
+    The default ``mismatch`` is the noise a data filter is meant to remove from scraped data, and one the
+    world's ~3M-parameter base model (about 25% accurate on the tasks) can detect. ``near_miss`` rows differ
+    from the truth by one token or one order, which that model cannot tell from clean rows, so a filter
+    validated on them measures the model, not the filter. One default filter pass on world=default (seed 0):
+    AUROC 0.995 on mismatch, 0.58 on near_miss, 0.76 on mixed (0.99 on its mismatches, 0.52 on its near misses).
+    """
 
     sft_train: int = 1500
     sft_eval: int = 150
@@ -65,12 +79,15 @@ class WorldSizes:
     prompts: int = 500
     eval_per_family: int = 60
     corrupt_fraction: float = 0.3
+    corruption: str = "mismatch"
 
     def __post_init__(self) -> None:
         problems = [f"{f.name}={getattr(self, f.name)} must be >= 0" for f in fields(self)
-                    if f.name != "corrupt_fraction" and getattr(self, f.name) < 0]
+                    if f.name not in ("corrupt_fraction", "corruption") and getattr(self, f.name) < 0]
         if not 0.0 <= self.corrupt_fraction <= 1.0:
             problems.append(f"corrupt_fraction={self.corrupt_fraction} must be in [0, 1]")
+        if self.corruption not in CORRUPTIONS:
+            problems.append(f"corruption={self.corruption!r} is not one of {list(CORRUPTIONS)}")
         if problems:
             raise ValueError("invalid WorldSizes: " + "; ".join(problems))
 
@@ -131,13 +148,41 @@ def _pref_split(allocator: _PromptAllocator, rng: random.Random, n: int) -> list
     ]
 
 
-def _candidates_split(allocator: _PromptAllocator, rng: random.Random, n: int, fraction: float) -> list[Row]:
+def _candidates_split(allocator: _PromptAllocator, rng: random.Random, n: int, fraction: float,
+                      corruption: str) -> list[Row]:
+    """``n`` chat rows, ``round(fraction·n)`` of them corrupted with ``corruption`` noise (flag ``corrupted``,
+    kind ``corruption`` on the corrupted rows)."""
     drawn = _draw_prompts(allocator, rng, FAMILIES, n)
-    corrupted = set(rng.sample(range(n), round(fraction * n)))
-    return [
-        _sft_row(p, wrong_answer(p, rng) if i in corrupted else solve(p), f, corrupted=i in corrupted)
-        for i, (f, p) in enumerate(drawn)
-    ]
+    corrupted = rng.sample(range(n), round(fraction * n))
+    kinds = _corruption_kinds(corrupted, corruption, rng)
+    answers = [solve(p) for _, p in drawn]
+    rows = []
+    for i, (family, prompt) in enumerate(drawn):
+        kind = kinds.get(i)
+        if kind is None:
+            rows.append(_sft_row(prompt, answers[i], family, corrupted=False))
+            continue
+        answer = wrong_answer(prompt, rng) if kind == "near_miss" else _mismatched_answer(i, drawn, answers, rng)
+        rows.append(_sft_row(prompt, answer, family, corrupted=True, corruption=kind))
+    return rows
+
+
+def _corruption_kinds(corrupted: list[int], corruption: str, rng: random.Random) -> dict[int, str]:
+    """Row index -> noise kind of every corrupted row; ``mixed`` makes a random half of them near misses."""
+    if corruption != "mixed":
+        return dict.fromkeys(corrupted, corruption)
+    near_misses = set(rng.sample(corrupted, len(corrupted) // 2))
+    return {i: "near_miss" if i in near_misses else "mismatch" for i in corrupted}
+
+
+def _mismatched_answer(index: int, drawn: list[tuple[str, str]], answers: list[str], rng: random.Random) -> str:
+    """The correct answer of a random other candidate prompt whose family differs from row ``index``'s (and whose
+    answer is not accidentally right for it, e.g. an arithmetic result that equals a count)."""
+    family = drawn[index][0]
+    donors = [j for j, (other, _) in enumerate(drawn) if other != family and answers[j] != answers[index]]
+    if not donors:
+        raise ValueError("mismatch corruption needs candidates of at least two families; raise WorldSizes.candidates")
+    return answers[rng.choice(donors)]
 
 
 def _prompts_split(allocator: _PromptAllocator, rng: random.Random, n: int) -> list[Row]:
@@ -154,7 +199,8 @@ def build_world(seed: int, sizes: WorldSizes | None = None) -> dict[str, list[Ro
 
     Splits: ``sft_train``/``sft_eval`` (chat rows on SFT_FAMILIES), ``pref_train``/``pref_eval`` (pairs on
     PREFERENCE_FAMILIES), ``golden`` (trusted chat rows, all families), ``candidates`` (chat rows with a
-    ``corrupted`` flag), ``prompts`` (generation pool) and ``eval_tasks`` (held-out prompt + answer).
+    ``corrupted`` flag, and the noise kind ``corruption`` on corrupted rows), ``prompts`` (generation pool)
+    and ``eval_tasks`` (held-out prompt + answer).
     No prompt appears in two splits.
     """
     sizes = sizes or WorldSizes()
@@ -166,7 +212,8 @@ def build_world(seed: int, sizes: WorldSizes | None = None) -> dict[str, list[Ro
         "pref_eval": lambda rng: _pref_split(allocator, rng, sizes.pref_eval),
         "sft_train": lambda rng: _sft_split(allocator, rng, SFT_FAMILIES, sizes.sft_train),
         "pref_train": lambda rng: _pref_split(allocator, rng, sizes.pref_train),
-        "candidates": lambda rng: _candidates_split(allocator, rng, sizes.candidates, sizes.corrupt_fraction),
+        "candidates": lambda rng: _candidates_split(allocator, rng, sizes.candidates, sizes.corrupt_fraction,
+                                                    sizes.corruption),
         "prompts": lambda rng: _prompts_split(allocator, rng, sizes.prompts),
     }
     return {split: builders[split](_split_rng(seed, split)) for split in SPLITS}

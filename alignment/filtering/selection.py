@@ -87,6 +87,24 @@ def selection_quality(weights: Sequence[float], kept: Sequence[bool], corrupted:
     )
 
 
+def auroc_by_kind(weights: Sequence[float], corrupted: Sequence[bool],
+                  kinds: Sequence[str | None]) -> dict[str, float]:
+    """AUROC of clean rows against the corrupted rows of each noise kind (``kinds[i]`` for corrupted row i).
+
+    E.g. ``{"mismatch": 0.99, "near_miss": 0.45}`` for a pool with two kinds of noise; kinds with no row are
+    absent, and corrupted rows without a kind are counted under ``"unknown"``.
+    """
+    clean = [w for w, c in zip(weights, corrupted, strict=True) if not c]
+    by_kind: dict[str, list[float]] = {}
+    for weight, is_corrupted, kind in zip(weights, corrupted, kinds, strict=True):
+        if is_corrupted:
+            by_kind.setdefault(kind or "unknown", []).append(weight)
+    if not clean:
+        return {}
+    return {kind: auroc(clean + noisy, [True] * len(clean) + [False] * len(noisy))
+            for kind, noisy in sorted(by_kind.items())}
+
+
 def noise_labels(metas: Sequence[Mapping[str, object]], field: str = "corrupted") -> list[bool] | None:
     """``meta[field]`` of every row as bools, or None unless every row has a boolean label."""
     labels = [meta.get(field) for meta in metas]

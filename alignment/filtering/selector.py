@@ -26,14 +26,26 @@ Single-loop first-order updates on a step with golden batch :math:`G_t` and cand
   .. math::  \nabla_z F_\rho \propto \tfrac1B\textstyle\sum_b \nabla_z w_{I_b}(z)\,
              \big[\ell_{I_b}(\theta) - \ell_{I_b}(\theta')\big]
 
-  (:func:`selector_objective`; losses are constants here). The factor :math:`(1-\rho)` is dropped: it is a
-  positive constant within an epoch, which Adam ignores, and it would stop the selector at ρ = 1 where SEAL
-  already learns it. Without the v term (``value_function=False``, the BiPOST/SEAL code) the bracket is just
+  (:func:`selector_objective`; losses are constants here, and :math:`\ell(\theta')` is taken after the proxy's
+  step on the batch, see :func:`alignment.filtering.bilevel.train_selector`). The factor :math:`(1-\rho)` is
+  dropped: it is a positive constant within an epoch, which Adam ignores and SGD folds into its learning rate,
+  and it would stop the selector at ρ = 1 where SEAL already learns it. Without the v term (``value_function=False``, the BiPOST/SEAL code) the bracket is just
   :math:`\ell_{I_b}(\theta)`.
 
 For softmax weights, with :math:`s = \mathrm{softmax}(z)` and :math:`d_b` the bracket,
 :math:`\partial/\partial z_j = \tfrac{N}{B}\sum_b d_b\, s_{I_b}(\delta_{j I_b} - s_j)`; for sigmoid weights
 :math:`\partial/\partial z_j = \tfrac{2}{B}\sum_b d_b\,\sigma(z_j)(1-\sigma(z_j))\,\delta_{j I_b}`.
+
+Batch baseline (softmax only, ``center=True`` in :func:`selector_objective`). Softmax weights are invariant to a
+common shift of z, and the full-pool gradient is :math:`\tfrac1N s_j N (d_j - \textstyle\sum_i s_i d_i)`: each
+row is compared with the pool's weighted mean gap *at the same parameters*. The batch estimate above gives a
+row seen at step t its raw :math:`d_b(t)` and spreads the mean over all N logits (a near-uniform, hence
+irrelevant, shift). In a run of one or two passes each row is seen once or twice while θ and θ' move, so the
+raw gaps of rows seen at different steps sit on different baselines (θ' starts equal to θ, and in the first
+steps every gap may have the same sign), and that drift, not the row, decides much of the ranking.
+Subtracting the batch mean gap :math:`\bar d` (the batch estimate of the pool mean at step t) is a control
+variate: for fixed θ and θ', in expectation over batches it leaves each row's gradient unchanged up to the
+factor :math:`(1 - 1/B)` and a uniform shift, and it removes the drift. For sigmoid weights (no shift invariance) the raw gap is used.
 
 Effect of v. Without it, weight flows to rows the golden-trained θ already fits (low :math:`\ell(\theta)`),
 which also penalises hard but clean rows. With it, a row is penalised by how much *better* the candidate-only
@@ -113,10 +125,11 @@ def proxy_objective(candidate_losses: torch.Tensor, weights: torch.Tensor) -> to
 
 
 def selector_objective(weights: torch.Tensor, upper_losses: torch.Tensor,
-                       proxy_losses: torch.Tensor | None) -> torch.Tensor:
+                       proxy_losses: torch.Tensor | None, center: bool = False) -> torch.Tensor:
     """Surrogate whose z-gradient is the penalty gradient: ``mean(w(z)·(ℓ(θ) - ℓ(θ')))``.
 
-    ``proxy_losses=None`` drops the value-function term (BiPOST/SEAL). Losses are detached.
+    ``proxy_losses=None`` drops the value-function term (BiPOST/SEAL). ``center`` subtracts the batch mean of
+    the gap (the softmax control variate of the module docstring). Losses are detached.
 
     Args:
         weights: ``[B]`` weights of the batch rows, differentiable in z.
@@ -126,6 +139,8 @@ def selector_objective(weights: torch.Tensor, upper_losses: torch.Tensor,
     gap = upper_losses.detach()
     if proxy_losses is not None:
         gap = gap - proxy_losses.detach()
+    if center:
+        gap = gap - gap.mean()
     return (weights * gap).mean()
 
 

@@ -205,6 +205,11 @@ class WorldConfig:
     prompts: int = 500
     eval_per_family: int = 60
     corrupt_fraction: float = 0.3
+    # noise kind of the corrupted candidates: mismatch (another family's answer; the default because it is the
+    # noise filters meant for scraped data remove, and the tiny base model can see it) | near_miss (a plausible
+    # wrong answer: the tiny model cannot tell it from the truth, filter AUROC ~0.58) | mixed (half each);
+    # see alignment.data.world.WorldSizes
+    corruption: str = "mismatch"
     vocab_size: int = 1024
     pretrain_steps: int = 300
     pretrain_batch_size: int = 32
@@ -219,6 +224,7 @@ class WorldConfig:
         problems += [f"world.{k} must be > 0 (got {v})" for k, v in counts.items() if v <= 0]
         if not 0.0 <= self.corrupt_fraction < 1.0:
             problems.append(f"world.corrupt_fraction must be in [0, 1) (got {self.corrupt_fraction})")
+        check_choice(problems, "world.corruption", self.corruption, ("near_miss", "mismatch", "mixed"))
         if not 0.0 <= self.pretrain_correct_fraction <= 1.0:
             problems.append("world.pretrain_correct_fraction must be in [0, 1]")
         return problems
