@@ -1,7 +1,7 @@
 """The default joint training raises greedy verifier accuracy on the embedded world's held-out prompts.
 
 Default: ALRIGHT λ=0.5, DPO β=0.1 with RPO's NLL on the chosen answer (``loss.nll_weight=1``,
-configs/loss/dpo.yaml), 200 steps at lr 3e-4 (configs/stage/joint_train.yaml). Plain DPO (``nll_weight=0``)
+configs/loss/dpo.yaml), 200 steps at lr 3e-4 (``TrainSettings.lr``). Plain DPO (``nll_weight=0``)
 lowers the chosen likelihood and with it the accuracy on the preference families, which is why the default
 carries the NLL term.
 
