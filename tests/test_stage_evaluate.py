@@ -41,7 +41,8 @@ def test_every_offline_suite_compares_two_models(world_run_dir: Any, tmp_path: P
         f"stage.reference_outputs={DATA / 'alpaca_eval/eval_set.jsonl'}", "stage.max_instructions=3",
         "stage.ranker=pairrm", f"stage.ranker_model={pairrm}",
         f"stage.mmlu_path={DATA / 'mmlu'}", "stage.mmlu_max_rows=3", "stage.mmlu_shots=[0,1]",
-        f"stage.mt_bench_path={DATA / 'mt_bench'}", "stage.mt_bench_max_questions=2")
+        f"stage.mt_bench_path={DATA / 'mt_bench'}", "stage.mt_bench_max_questions=2",
+        "loss.nll_weight=0.0")  # plain DPO (the default adds RPO's NLL term), so a zero margin gives log 2
     artifact = stage_dir(run_dir, 0, "evaluate")
     keys = list(report["models"])
     assert len(keys) == 2 and report["models"][keys[0]]["path"] == str(base_dir)

@@ -106,10 +106,12 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def alpaca_eval_rows(path: str | Path, max_rows: int | None) -> list[dict[str, Any]]:
-    """AlpacaEval rows (``instruction``, ``output``, ``generator``), checked field by field."""
+    """AlpacaEval rows (``instruction``, ``output``, ``generator``), checked field by field. An empty ``output``
+    is allowed: a model may answer nothing, and a ``model_outputs.json`` we wrote must read back as references."""
     rows = read_records(path)[:max_rows] if max_rows else read_records(path)
     for number, row in enumerate(rows, start=1):
-        for field in ("instruction", "output"):
-            if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip():
-                raise ValueError(f"{path} row {number}: field {field!r} must be a non-empty string")
+        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
+            raise ValueError(f"{path} row {number}: field 'instruction' must be a non-empty string")
+        if not isinstance(row.get("output"), str):
+            raise ValueError(f"{path} row {number}: field 'output' must be a string")
     return rows
