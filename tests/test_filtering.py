@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -170,7 +172,8 @@ def _toy_problem(seed: int = 0) -> tuple[tuple, tuple, list[bool]]:
     return golden, (x, torch.where(flipped, 1 - y, y)), flipped.tolist()
 
 
-def _run_toy(value_function: bool, activation: str = "softmax") -> tuple[list[float], list[bool]]:
+def _train_toy(settings: BilevelSettings, activation: str = "softmax") -> tuple[Any, Selector, list[str], list[bool]]:
+    """The bilevel loop on the toy problem from a seeded θ = θ'; returns the result, selector, ids, noise labels."""
     torch.manual_seed(0)
     (gx, gy), (cx, cy), corrupted = _toy_problem()
     ids = [f"row{i}" for i in range(len(cy))]
@@ -178,10 +181,15 @@ def _run_toy(value_function: bool, activation: str = "softmax") -> tuple[list[fl
     proxy = torch.nn.Linear(8, 2)
     proxy.load_state_dict(model.state_dict())
     selector = Selector(ids, activation)
-    settings = BilevelSettings(steps=60, steps_per_epoch=13, lr=0.05, proxy_lr=0.05, selector_lr=0.1,
-                               rho=0.9, rho_decay=0.1, value_function=value_function)
     result = train_selector(model, proxy, selector, _Stream(gx, gy, [f"g{i}" for i in range(64)], 8, 1),
                             _Stream(cx, cy, ids, 16, 2), _toy_losses, settings)
+    return result, selector, ids, corrupted
+
+
+def _run_toy(value_function: bool, activation: str = "softmax") -> tuple[list[float], list[bool]]:
+    settings = BilevelSettings(steps=60, steps_per_epoch=13, lr=0.05, proxy_lr=0.05, selector_lr=0.1,
+                               rho=0.9, rho_decay=0.1, value_function=value_function)
+    result, selector, ids, corrupted = _train_toy(settings, activation)
     assert result.steps == 60 and result.history[-1]["rho"] == pytest.approx(0.5)
     weights = selector.weight_map()
     return [weights[i] for i in ids], corrupted
@@ -204,17 +212,9 @@ def test_value_function_term_changes_the_weights() -> None:
 def test_value_term_uses_the_proxy_after_its_step() -> None:
     # θ' starts equal to θ, so before its first update the gap ℓ(θ) - ℓ(θ') is 0 for every row and the selector
     # would not move; after the update it is what one proxy step fits of each row.
-    torch.manual_seed(0)
-    (gx, gy), (cx, cy), _ = _toy_problem()
-    ids = [f"row{i}" for i in range(len(cy))]
-    model = torch.nn.Linear(8, 2)
-    proxy = torch.nn.Linear(8, 2)
-    proxy.load_state_dict(model.state_dict())
-    selector = Selector(ids)
     settings = BilevelSettings(steps=1, steps_per_epoch=13, lr=0.05, proxy_lr=0.05, selector_lr=1.0,
                                selector_optimizer="sgd", log_every=1)
-    result = train_selector(model, proxy, selector, _Stream(gx, gy, [f"g{i}" for i in range(64)], 8, 1),
-                            _Stream(cx, cy, ids, 16, 2), _toy_losses, settings)
+    result, selector, _, _ = _train_toy(settings)
     record = result.history[0]
     assert record["proxy_loss_after"] < record["proxy_loss"]
     moved = selector.logits.detach().abs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,20 @@ def test_filter_config_problems_are_reported_together() -> None:
 def test_unknown_world_corruption_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="world.corruption='typo' is not one of"):
         run_stage(compose_run("stage=prepare", "world.corruption=typo"))
+
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "alpaca_cleaned").is_dir(), reason="needs ../shared/data")
+def test_filter_runs_on_real_alpaca_candidates_against_a_small_golden_subset(world_run_dir) -> None:
+    # data=hh_alpaca: Alpaca-cleaned rows as candidates, Alpaca-GPT4 rows as the trusted golden set
+    run_dir = world_run_dir()
+    manifest = run_stage(compose_run(
+        "stage=filter", *SMALL_WORLD, "data=hh_alpaca", f"run_dir={run_dir}", "data.max_length=128",
+        "data.candidates.max_rows=32", "data.golden.max_rows=8", *FAST))
+    selection = list(read_jsonl(stage_dir(run_dir, 0, "filter") / "selection.jsonl"))
+    kept = sum(s["kept"] for s in selection)
+    assert len(selection) == 32 and manifest["metrics"]["kept"] == kept == 23  # ceil(0.7 x 32), top_p default
+    assert len(set(s["weight"] for s in selection)) > 1  # the selector moved the weights
+    assert "selection/auroc" not in manifest["metrics"]  # real rows carry no noise labels
