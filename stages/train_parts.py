@@ -19,6 +19,7 @@ def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]
         LoraSpec,
         add_lora,
         disable_dropout,
+        enable_gradient_checkpointing,
         freeze,
         frozen_copy,
         load_causal_lm,
@@ -26,16 +27,19 @@ def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]
     from alignment.train.components import adapter_disabled_reference, model_reference
 
     cfg = run.model
-    model = load_causal_lm(inputs["policy"], cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code)
+    attention = attention_kernel(run)
+    model = load_causal_lm(inputs["policy"], cfg.dtype, attention, cfg.trust_remote_code)
     disable_dropout(model)
     needs_reference = LossType(run.loss.name).needs_reference
     reference_model, kind = None, "none (reference-free loss)"
     if needs_reference and "reference" in inputs:  # a model other than the round's starting policy
-        reference_model = freeze(load_causal_lm(inputs["reference"], cfg.dtype, cfg.attn_implementation,
-                                                 cfg.trust_remote_code))
+        reference_model = freeze(load_causal_lm(inputs["reference"], cfg.dtype, attention, cfg.trust_remote_code))
         kind = f"separate model {inputs['reference']}"
     elif needs_reference and not cfg.lora.enabled:
         reference_model, kind = frozen_copy(model), "frozen copy of the round's starting policy"
+    train = getattr(run.stage, "train", None)  # the filter stage has no train settings
+    if train is not None and train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if cfg.lora.enabled:
         lora = cfg.lora
         model = add_lora(model, LoraSpec(lora.r, lora.alpha, lora.dropout, list(lora.target_modules)))
@@ -105,14 +109,28 @@ def eval_batches(run: RunConfig, examples: dict[str, list[Any]], tokenizer: Any,
             batches(examples["preference_eval"], train.pref_batch_size, preference_collate(run, tokenizer)[0]))
 
 
+def uses_prefix_sharing(run: RunConfig) -> bool:
+    """Whether preference batches use the prefix-shared layout (``stage.train.prefix_sharing`` and a paired loss)."""
+    from alignment.losses import LossType
+
+    train = getattr(run.stage, "train", None)  # the filter stage has no train settings
+    return train is not None and bool(train.prefix_sharing) and LossType(run.loss.name).paired
+
+
+def attention_kernel(run: RunConfig) -> str:
+    """``model.attn_implementation`` resolved for this run (``auto`` avoids flash-attn under prefix sharing)."""
+    from alignment.models.loading import resolve_attn_implementation
+
+    return resolve_attn_implementation(run.model.attn_implementation, needs_4d_mask=uses_prefix_sharing(run))
+
+
 def preference_collate(run: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
     """Collate function of preference batches (prefix-shared when ``stage.train.prefix_sharing`` is on and the
     loss is paired; always carrying the pair ids) and the padded width of one pair in that layout."""
     from alignment.data.collate import collate_preference, collate_prefix_shared
-    from alignment.losses import LossType
     from alignment.train.batches import WithIds, prefix_shared_length
 
-    if run.stage.train.prefix_sharing and LossType(run.loss.name).paired:
+    if uses_prefix_sharing(run):
         return WithIds(partial(collate_prefix_shared, pad_id=_pad_id(tokenizer))), prefix_shared_length
     return WithIds(partial(collate_preference, pad_id=_pad_id(tokenizer))), None
 
@@ -142,7 +160,7 @@ def cached_reference(run: RunConfig, inputs: dict[str, str], examples: dict[str,
         return reference_fn, None
     pairs = list(examples["preference"]) + list(examples["preference_eval"])
     source = inputs.get("reference", inputs["policy"])
-    settings = {"dtype": run.model.dtype, "attn": run.model.attn_implementation,
+    settings = {"dtype": run.model.dtype, "attn": attention_kernel(run),
                 "max_length": run.data.max_length, "truncation": run.data.truncation}
     key = cache_key(input_fingerprint(source), tokenizer_fingerprint(tokenizer), pairs, settings)
     collate = preference_collate(run, tokenizer)[0]

@@ -7,6 +7,7 @@ when the user asked for it.
 from __future__ import annotations
 
 import copy
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,25 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
+def resolve_attn_implementation(requested: str, needs_4d_mask: bool = False) -> str:
+    """The attention kernel for ``model.attn_implementation``: ``auto`` means flash_attention_2 when the
+    ``flash-attn`` package (the ``flash-attn`` extra) is installed, a CUDA device is present and no 4-D mask is
+    needed (prefix sharing needs one, which flash-attn does not take); otherwise SDPA. Explicit names pass
+    through unchanged."""
+    if requested != "auto":
+        return requested
+    if needs_4d_mask or not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    return "flash_attention_2"
+
+
 def load_causal_lm(path: str, dtype: str = "float32", attn_implementation: str = "sdpa",
-                   trust_remote_code: bool = False) -> PreTrainedModel:
-    """A causal LM from a full model directory, a Hub id, or a LoRA adapter directory (merged onto its base)."""
+                   trust_remote_code: bool = False, needs_4d_mask: bool = False) -> PreTrainedModel:
+    """A causal LM from a full model directory, a Hub id, or a LoRA adapter directory (merged onto its base).
+
+    ``attn_implementation`` may be ``auto`` (see :func:`resolve_attn_implementation`).
+    """
+    attn_implementation = resolve_attn_implementation(attn_implementation, needs_4d_mask)
     if is_adapter_dir(path):
         from peft import AutoPeftModelForCausalLM
 
@@ -65,6 +82,13 @@ def add_lora(model: PreTrainedModel, spec: LoraSpec) -> Any:
     config = LoraConfig(task_type="CAUSAL_LM", r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=targets, bias="none")
     return get_peft_model(model, config)
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them: less memory, about one
+    more forward per step. Non-reentrant checkpointing, so it also works when only LoRA adapters train."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

@@ -190,6 +190,7 @@ class JointTrainer:
     def run(self) -> LoopResult:
         """Train to ``max_steps`` (or an early stop) and return what happened."""
         settings = self.settings
+        self.model.train()  # from_pretrained returns eval mode; LoRA dropout and gradient checkpointing need train
         start = self._resume()
         if start == 0 and not self.evals:
             self._eval(0)

@@ -49,7 +49,8 @@ class ModelConfig:
     name_or_path: str = "world"
     size: str = "tiny"
     dtype: str = "float32"
-    attn_implementation: str = "sdpa"
+    # auto: flash_attention_2 when flash-attn is installed on a CUDA machine (and no prefix sharing), else sdpa
+    attn_implementation: str = "auto"
     trust_remote_code: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
 
@@ -65,7 +66,7 @@ class ModelConfig:
             check_choice(problems, "model.size", self.size, ("tiny", "small"))
         check_choice(problems, "model.dtype", self.dtype, DTYPES)
         check_choice(problems, "model.attn_implementation", self.attn_implementation,
-                ("sdpa", "eager", "flash_attention_2"))
+                     ("auto", "sdpa", "eager", "flash_attention_2"))
         return problems + self.lora.validate()
 
 

@@ -45,6 +45,8 @@ class TrainSettings:
     bucket_window: int = 1
     ref_cache: bool = runtime(False)
     prefix_sharing: bool = runtime(False)
+    # recompute activations in the backward pass: less memory for about one more forward per step
+    gradient_checkpointing: bool = runtime(False)
 
     def validate(self, prefix: str = "stage") -> list[str]:
         problems: list[str] = []
