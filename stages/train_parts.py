@@ -37,7 +37,7 @@ def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]
         kind = f"separate model {inputs['reference']}"
     elif needs_reference and not cfg.lora.enabled:
         reference_model, kind = frozen_copy(model), "frozen copy of the round's starting policy"
-    train = getattr(run.stage, "train", None)  # the filter stage has no train settings
+    train = train_settings(run)
     if train is not None and train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if cfg.lora.enabled:
@@ -109,11 +109,16 @@ def eval_batches(run: RunConfig, examples: dict[str, list[Any]], tokenizer: Any,
             batches(examples["preference_eval"], train.pref_batch_size, preference_collate(run, tokenizer)[0]))
 
 
+def train_settings(run: RunConfig) -> Any:
+    """``stage.train`` of a training stage; None for the filter stage, which has no train settings."""
+    return getattr(run.stage, "train", None)
+
+
 def uses_prefix_sharing(run: RunConfig) -> bool:
     """Whether preference batches use the prefix-shared layout (``stage.train.prefix_sharing`` and a paired loss)."""
     from alignment.losses import LossType
 
-    train = getattr(run.stage, "train", None)  # the filter stage has no train settings
+    train = train_settings(run)
     return train is not None and bool(train.prefix_sharing) and LossType(run.loss.name).paired
 
 

@@ -55,12 +55,12 @@ def resolve_attn_implementation(requested: str, needs_4d_mask: bool = False) -> 
 
 
 def load_causal_lm(path: str, dtype: str = "float32", attn_implementation: str = "sdpa",
-                   trust_remote_code: bool = False, needs_4d_mask: bool = False) -> PreTrainedModel:
+                   trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from a full model directory, a Hub id, or a LoRA adapter directory (merged onto its base).
 
     ``attn_implementation`` may be ``auto`` (see :func:`resolve_attn_implementation`).
     """
-    attn_implementation = resolve_attn_implementation(attn_implementation, needs_4d_mask)
+    attn_implementation = resolve_attn_implementation(attn_implementation)
     if is_adapter_dir(path):
         from peft import AutoPeftModelForCausalLM
 
