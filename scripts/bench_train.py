@@ -98,8 +98,8 @@ def select_rows(model_dir: Path, rows: int, max_length: int, out: Path) -> None:
 # --- our trainer ------------------------------------------------------------------------------------------
 
 
-def load_our_data(model_dir: str, rows_file: str, max_length: int) -> tuple[Any, list[Any], list[Any], list[Any]]:
-    """Tokenizer, the parsed rows, their preference pairs and SFT examples (prompt + chosen)."""
+def load_our_data(model_dir: str, rows_file: str, max_length: int) -> tuple[Any, list[Any], list[Any]]:
+    """Tokenizer, the rows' preference pairs and SFT examples (prompt + chosen)."""
     from alignment.data.readers import read_rows
     from alignment.data.rows import PreferenceRow, SFTRow
     from alignment.data.tokenize import tokenize_dataset
@@ -112,7 +112,7 @@ def load_our_data(model_dir: str, rows_file: str, max_length: int) -> tuple[Any,
         raise SystemExit(f"{rows_file}: {stats.truncated} rows truncated, {len(rows) - stats.kept} dropped")
     sft_rows = [SFTRow(row.id, row.messages, row.chosen) for row in rows if isinstance(row, PreferenceRow)]
     sft, _ = tokenize_dataset(tokenizer, sft_rows, max_length=max_length)
-    return tokenizer, rows, pairs, sft
+    return tokenizer, pairs, sft
 
 
 def our_reference(model: Any, pairs: list[Any], collate: Any, config: dict[str, Any], args: argparse.Namespace,
@@ -156,7 +156,7 @@ def run_ours(config: dict[str, Any], model_dir: str, args: argparse.Namespace, w
     from alignment.train.setup import make_accelerator, make_optimizer, make_scheduler
 
     torch.manual_seed(args.seed)
-    tokenizer, _, pairs, sft = load_our_data(model_dir, args.rows_file, args.max_length)
+    tokenizer, pairs, sft = load_our_data(model_dir, args.rows_file, args.max_length)
     pad = int(tokenizer.pad_token_id)
     model = load_causal_lm(model_dir, "float32", "sdpa")
     disable_dropout(model)
@@ -239,6 +239,8 @@ def run_trl(config: dict[str, Any], model_dir: str, args: argparse.Namespace, wo
     from transformers import AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    from alignment.data.readers import read_rows
+
     torch.manual_seed(args.seed)
     times: list[float] = []
 
@@ -259,7 +261,7 @@ def run_trl(config: dict[str, Any], model_dir: str, args: argparse.Namespace, wo
                          use_cpu=True, report_to="none", save_strategy="no", logging_steps=10**9, disable_tqdm=True,
                          seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    _, rows, _, _ = load_our_data(model_dir, args.rows_file, args.max_length)
+    rows = cast(list[Any], read_rows(args.rows_file, kind="preference").rows)
     conversations = [{"prompt": [dict(m) for m in row.messages],
                       "chosen": [{"role": "assistant", "content": row.chosen}],
                       "rejected": [{"role": "assistant", "content": row.rejected}]} for row in rows]
