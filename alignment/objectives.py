@@ -1,9 +1,10 @@
 """How two objectives are combined per optimizer step: single, sequential, mix, ALRIGHT, MAXRIGHT.
 
-Objectives are indexed 0 and 1 (by default 0 = SFT, 1 = preference). λ (``lambd``) is the weight of objective
-1, as in the ALRIGHT/MAXRIGHT paper (arXiv 2410.15483). A schedule's ``plan(step)`` returns the objectives to
-train at that optimizer step with their loss weights; every gradient-accumulation micro-batch of the step uses
-the same plan, so objectives never mix inside one optimizer step.
+Objectives are named (``sft``, ``preference``, ``kd``) and indexed 0 and 1 in the order :func:`objective_order`
+gives: index 1 is the objective λ (``lambd``) weighs — the preference objective, as in the ALRIGHT/MAXRIGHT
+paper (arXiv 2410.15483), or ``kd`` when there is none — whatever order a config lists them in. A schedule's
+``plan(step)`` returns the objectives to train at that optimizer step with their loss weights; every
+gradient-accumulation micro-batch of the step uses the same plan, so objectives never mix inside one step.
 
 Every decision is a pure function of the schedule's own state, identical on every rank by construction:
 ALRIGHT draws from a dedicated ``torch.Generator`` seeded identically everywhere, MAXRIGHT compares loss
@@ -12,12 +13,26 @@ values that the trainer all-reduces before handing them over.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 Plan = dict[int, float]  # objective index -> loss weight
+OBJECTIVE_NAMES = ("sft", "preference", "kd")
+WEIGHTED_BY_LAMBDA = ("preference", "kd")  # λ weighs the first of these present
+
+
+def objective_order(names: Sequence[str]) -> tuple[str, str]:
+    """The two objectives as (index 0, index 1), index 1 being the one λ weighs: ``preference`` if present, else
+    ``kd``. ``["preference", "sft"]`` and ``["sft", "preference"]`` give the same order, so λ never silently
+    becomes the SFT weight."""
+    if len(names) != 2 or len(set(names)) != 2 or not set(names) <= set(OBJECTIVE_NAMES):
+        raise ValueError(f"two different objectives of {list(OBJECTIVE_NAMES)} are needed (got {list(names)})")
+    weighted = next(name for name in WEIGHTED_BY_LAMBDA if name in names)
+    other = next(name for name in names if name != weighted)
+    return other, weighted
 
 
 class ObjectiveSchedule(Protocol):
@@ -147,18 +162,24 @@ class Maxright:
         self.gaps = state["gaps"]
 
 
-def make_schedule(name: str, lambd: float, seed: int, switch_step: int, reverse: bool,
-                  optima: tuple[float, float], refresh_every: int) -> ObjectiveSchedule:
-    """The schedule for ``objective.name`` (sft, preference, sequential, mix, alright, maxright)."""
+def make_schedule(name: str, order: tuple[str, str], lambd: float, seed: int, switch_step: int, first: str,
+                  optima: Mapping[str, float], refresh_every: int) -> ObjectiveSchedule:
+    """The schedule for ``objective.name`` (sft, preference, sequential, mix, alright, maxright).
+
+    ``order`` is :func:`objective_order` of the objectives; ``first`` the one a sequential run trains first;
+    ``optima`` f* by objective name (MAXRIGHT; a missing one counts as 0, as in the reference implementation).
+    """
     schedules: dict[str, Any] = {
-        "sft": lambda: SingleObjective(0),
-        "preference": lambda: SingleObjective(1),
-        "sequential": lambda: Sequential(switch_step=switch_step, first=1 if reverse else 0),
+        "sft": lambda: SingleObjective(order.index("sft")),
+        "preference": lambda: SingleObjective(order.index("preference")),
+        "sequential": lambda: Sequential(switch_step=switch_step, first=order.index(first)),
         "mix": lambda: Mix(lambd),
         "alright": lambda: Alright(lambd, seed),
-        "maxright": lambda: Maxright(lambd, optima, refresh_every),
+        "maxright": lambda: Maxright(lambd, (optima.get(order[0], 0.0), optima.get(order[1], 0.0)), refresh_every),
     }
     if name not in schedules:
         raise ValueError(f"unknown objective schedule {name!r}; choose one of {sorted(schedules)}")
-    schedule: ObjectiveSchedule = schedules[name]()
-    return schedule
+    if name in order or name not in ("sft", "preference"):
+        schedule: ObjectiveSchedule = schedules[name]()
+        return schedule
+    raise ValueError(f"objective={name} trains the {name!r} objective, which is not one of {list(order)}")

@@ -22,9 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def build_model_dir(directory: Path, size: str, seed: int) -> Path:
     """Tokenizer trained on the world's text + a freshly initialised ``size`` model, saved as an HF directory."""
-    from alignment.data.world import WorldSizes, build_world, world_corpus
-    from alignment.models.tiny import build_tiny_model, save_model_dir
-    from alignment.models.tokenizer import train_tokenizer
+    from alignment.world.splits import WorldSizes, build_world, world_corpus
+    from alignment.world.tiny_model import build_tiny_model, save_model_dir
+    from alignment.world.tokenizer import train_tokenizer
 
     world = build_world(seed, WorldSizes(sft_train=300, pref_train=300, candidates=100))
     tokenizer = train_tokenizer(world_corpus(world), vocab_size=1024)
@@ -32,7 +32,7 @@ def build_model_dir(directory: Path, size: str, seed: int) -> Path:
 
 
 def world_prompts(count: int, seed: int) -> list[str]:
-    from alignment.generation.world_prompts import fresh_world_prompts
+    from alignment.world.prompts import fresh_world_prompts
 
     return [prompt for _, prompt in fresh_world_prompts(count, seed, round_index=0, exclude=())]
 

@@ -62,8 +62,8 @@ def read_hh(rows: int) -> list[dict[str, str]]:
 
 def prepare_model(directory: Path, seed: int) -> None:
     """Train a tokenizer on HH text and save a freshly built ``small`` model with it to ``directory``."""
-    from alignment.models.tiny import build_tiny_model, save_model_dir
-    from alignment.models.tokenizer import train_tokenizer
+    from alignment.world.tiny_model import build_tiny_model, save_model_dir
+    from alignment.world.tokenizer import train_tokenizer
 
     texts = [text for record in read_hh(TOKENIZER_TEXT_ROWS) for text in record.values()]
     tokenizer = train_tokenizer(texts)
@@ -186,8 +186,10 @@ def run_ours(config: dict[str, Any], model_dir: str, args: argparse.Namespace, w
     }
     components: dict[int, Any] = {0: SFTComponent(), 1: PreferenceComponent(LossType("dpo"), LossParams(beta=0.1),
                                                                               reference, pad_id=pad)}
-    optima = equal_gap_optima(model, components, streams) if config["objective"] == "maxright" else (0.0, 0.0)
-    schedule = make_schedule(config["objective"], 0.5, args.seed, args.steps // 2, False, optima, 10)
+    gaps = equal_gap_optima(model, components, streams) if config["objective"] == "maxright" else (0.0, 0.0)
+    order = ("sft", "preference")
+    schedule = make_schedule(config["objective"], order, 0.5, args.seed, args.steps // 2, "sft",
+                             dict(zip(order, gaps, strict=True)), 10)
     accelerator = make_accelerator("auto", config.get("precision", "fp32"), 1)
     optimizer = make_optimizer(model, 5e-5, 0.0)
     scheduler = make_scheduler(optimizer, "constant", 0.0, args.steps)

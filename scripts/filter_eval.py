@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from alignment.data.readers import read_rows, write_jsonl
+from stages.builders.paths import WORLD_DATA_DIR, prepare_dir
 from stages.compose import compose_run
 from stages.filter import filtered_dataset_path
-from stages.paths import WORLD_DATA_DIR, prepare_dir
 from stages.runner import run_stage
 
 

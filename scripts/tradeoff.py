@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import stage_dir
 from alignment.evaluation.plots import plot_loss_space
 from alignment.train.metrics_log import read_metrics
+from pipeline.layout import stage_dir
 from stages.compose import compose_run
 from stages.runner import run_stage
 

@@ -16,15 +16,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from alignment.artifacts import ArtifactError
+from pipeline.artifacts import ArtifactError
 from stages.compose import CONFIG_DIR
 from stages.config.errors import ConfigError
+from stages.config.run_config import RunConfig
 from stages.config.store import check_overrides, register_configs
 
 
-def _to_run_config(cfg: DictConfig):
-    from stages.config.recipe import apply_stage_settings
-    from stages.config.stage_configs import RunConfig
+def _to_run_config(cfg: DictConfig) -> RunConfig:
+    from stages.config.recipe_settings import apply_stage_settings
 
     hydra_cfg = HydraConfig.get()
     apply_stage_settings(cfg, list(hydra_cfg.overrides.task))
@@ -40,20 +40,29 @@ def _to_run_config(cfg: DictConfig):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    from stages.runner import run_stage
-
     try:
-        run_stage(_to_run_config(cfg))
+        dispatch(_to_run_config(cfg))
     except (ConfigError, ArtifactError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def dispatch(run: RunConfig) -> dict[str, object]:
+    """Run the multi-round driver for ``stage=iterate``, else the one stage ``run.stage`` names."""
+    if run.stage.name == "iterate":
+        from stages.iterate import run_rounds
+
+        return run_rounds(run)
+    from stages.runner import run_stage
+
+    return run_stage(run)
 
 
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from stages.config.recipe import with_open_stage_settings
+    from stages.config.recipe_settings import with_open_stage_settings
 
     register_configs()
     try:

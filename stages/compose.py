@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.config.stage_configs import RunConfig
+from stages.config.run_config import RunConfig
 from stages.config.store import check_overrides, register_configs
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -20,7 +20,7 @@ def compose_run(*overrides: str) -> RunConfig:
 
     register_configs()
     check_overrides(list(overrides))
-    from stages.config.recipe import apply_stage_settings, with_open_stage_settings
+    from stages.config.recipe_settings import apply_stage_settings, with_open_stage_settings
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=with_open_stage_settings(list(overrides)))

@@ -14,12 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.config.stage_configs import RunConfig
-from stages.paths import WORLD_DATA_DIR, dataset_path, prepare_dir
-from stages.registry import StageContext, StageResult
+from pipeline.artifacts import StageInput
+from pipeline.layout import Files
+from pipeline.protocol import StageContext, StageResult
+from stages.builders.generation import backend_options, policy_source, sampling_settings
+from stages.builders.paths import dataset_path, layout, policy_input
+from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
-PROMPTS_FILE = "prompts.jsonl"
+DISTRIBUTED = False
+node_worker = None
 
 
 def seed_pool_path(run: RunConfig) -> str:
@@ -27,17 +31,19 @@ def seed_pool_path(run: RunConfig) -> str:
     return run.stage.seed_pool or dataset_path(run, run.data.prompts)
 
 
-def inputs(run: RunConfig) -> dict[str, str]:
-    if run.stage.source == "world":
-        return {"world": str(prepare_dir(run) / WORLD_DATA_DIR)}
-    from stages.generate import policy_input
+def world_data_dir(run: RunConfig) -> Path:
+    return layout(run).world_artifact() / Files.WORLD_DATA
 
-    return {"policy": policy_input(run), "seed_pool": seed_pool_path(run)}
+
+def inputs(run: RunConfig) -> dict[str, StageInput]:
+    if run.stage.source == "world":
+        return {"world": StageInput(str(world_data_dir(run)))}
+    return {"policy": policy_input(run), "seed_pool": StageInput(seed_pool_path(run))}
 
 
 def _world_prompts_in_splits(world_dir: Path) -> set[str]:
     from alignment.data.readers import read_jsonl
-    from alignment.data.world import row_prompt
+    from alignment.world.splits import row_prompt
 
     files = sorted(world_dir.glob("*.jsonl"))
     if not files:
@@ -47,9 +53,9 @@ def _world_prompts_in_splits(world_dir: Path) -> set[str]:
 
 def _world_rows(run: RunConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from alignment.generation.self_instruct import instruction_row
-    from alignment.generation.world_prompts import fresh_world_prompts
+    from alignment.world.prompts import fresh_world_prompts
 
-    excluded = _world_prompts_in_splits(prepare_dir(run) / WORLD_DATA_DIR)
+    excluded = _world_prompts_in_splits(world_data_dir(run))
     drawn = fresh_world_prompts(run.stage.n_instructions, run.seed, run.round, excluded)
     rows = [instruction_row(prompt, "world", run.round, family=family) for family, prompt in drawn]
     return rows, {"source": "world", "excluded_world_prompts": len(excluded)}
@@ -83,7 +89,6 @@ def _self_instruct_rows(run: RunConfig) -> tuple[list[dict[str, Any]], dict[str,
     from alignment.generation.clustering import select_diverse
     from alignment.generation.factory import create_backend
     from alignment.generation.self_instruct import instruction_row, self_instruct
-    from stages.generate import backend_options, policy_source, sampling_settings
 
     stage = run.stage
     seeds = _seed_instructions(run)
@@ -136,10 +141,10 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
 
     rows, metrics = _world_rows(run) if run.stage.source == "world" else _self_instruct_rows(run)
     rows = _unique_by_id(rows)
-    write_jsonl(ctx.work_dir / PROMPTS_FILE, rows)
+    write_jsonl(ctx.work_dir / Files.PROMPTS, rows)
     provenance: dict[str, int] = {}
     for row in rows:
         provenance[row["provenance"]] = provenance.get(row["provenance"], 0) + 1
-    print(f"[create_instructions] wrote {len(rows)} prompts ({provenance}) to {PROMPTS_FILE}")
-    return StageResult(outputs=[PROMPTS_FILE], metrics={**metrics, "prompts": len(rows), "provenance": provenance,
+    print(f"[create_instructions] wrote {len(rows)} prompts ({provenance}) to {Files.PROMPTS}")
+    return StageResult(outputs=[Files.PROMPTS], metrics={**metrics, "prompts": len(rows), "provenance": provenance,
                                                         "round": run.round})

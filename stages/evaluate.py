@@ -15,13 +15,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import input_fingerprint, is_complete
-from alignment.rounds import resolve_ref, trained_model
-from stages.config.stage_configs import RunConfig
-from stages.paths import dataset_path, model_path, policy_path
-from stages.registry import StageContext, StageResult
+from pipeline.artifacts import StageInput, is_complete
+from pipeline.layout import EVALUATE_CACHE, Files, trained_model
+from pipeline.protocol import StageContext, StageResult
+from pipeline.rounds import resolve_ref
+from stages.builders.generation import backend_options, model_source, sampling_settings
+from stages.builders.paths import dataset_path, layout, model_path, policy_input
+from stages.builders.ranking import create_ranker
+from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
+DISTRIBUTED = False
+node_worker = None
 GENERATION_SUITES = ("win_rate", "mt_bench", "verifier")
 
 
@@ -42,11 +47,11 @@ def resolve_models(run: RunConfig) -> dict[str, dict[str, str]]:
     """``key -> {"spec", "path" (what is loaded), "input" (what identifies it)}`` for every ``stage.models``."""
     models: dict[str, dict[str, str]] = {}
     for spec in run.stage.models:
-        path = input_path = resolve_ref(spec, run.run_dir, run.round)
+        path = input_path = resolve_ref(spec, layout(run), run.round)
         if spec == "base":
             path = input_path = model_path(run)
         elif spec == "policy":
-            path = input_path = policy_path(run)
+            path, input_path = policy_input(run).path, policy_input(run).source
         else:
             for candidate in (Path(run.run_dir) / path, Path(path)):
                 if candidate.is_dir() and is_complete(candidate):  # a stage artifact: evaluate its model
@@ -59,25 +64,21 @@ def resolve_models(run: RunConfig) -> dict[str, dict[str, str]]:
     return models
 
 
-def inputs(run: RunConfig) -> dict[str, str]:
-    found = {f"model:{key}": info["input"] for key, info in resolve_models(run).items()}
+def inputs(run: RunConfig) -> dict[str, StageInput]:
+    found = {f"model:{key}": StageInput(info["path"], info["input"]) for key, info in resolve_models(run).items()}
     stage = run.stage
     if "preference" in stage.suites:
-        found["reference_model"] = model_path(run)
+        found["reference_model"] = StageInput(model_path(run))
     optional = {"reference_outputs": ("win_rate", stage.reference_outputs), "mmlu": ("mmlu", stage.mmlu_path),
                 "mt_bench": ("mt_bench", stage.mt_bench_path)}
     for name, (suite, path) in optional.items():
         if suite in stage.suites:
-            found[name] = path
+            found[name] = StageInput(path)
+    if "verifier" in stage.suites and run.data.eval_tasks.world_split is not None:
+        found["data.eval_tasks"] = StageInput(dataset_path(run, run.data.eval_tasks))
     if "win_rate" in stage.suites or ("mt_bench" in stage.suites and stage.mt_bench_judge):
-        found["judge"] = stage.ranker_model if stage.ranker != "judge" else stage.judge_model
+        found["judge"] = StageInput(stage.ranker_model if stage.ranker != "judge" else stage.judge_model)
     return found
-
-
-def model_source(run: RunConfig, path: str) -> Any:
-    from alignment.generation.sources import resolve_model_source
-
-    return resolve_model_source(path, base_model=model_path(run))
 
 
 # --- config -> library values ---------------------------------------------------------------------------------
@@ -85,8 +86,6 @@ def model_source(run: RunConfig, path: str) -> Any:
 
 def settings_report(run: RunConfig) -> dict[str, Any]:
     """What makes the comparison fair and repeatable: seeds, sampling, judge, data sources, sample limits."""
-    from stages.generate import sampling_settings
-
     stage = run.stage
     judge: dict[str, Any] = {"ranker": stage.ranker, "model": stage.ranker_model or stage.judge_model,
                              "both_orders": True, "ties": "half a win"}
@@ -111,7 +110,8 @@ def settings_report(run: RunConfig) -> dict[str, Any]:
 
 
 def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
-    report = {"inputs": stage_inputs, "models": resolve_models(run), "settings": settings_report(run)}
+    identities = {name: item.source for name, item in inputs(run).items()}
+    report = {"inputs": identities, "models": resolve_models(run), "settings": settings_report(run)}
     print(f"[evaluate] dry run: {json.dumps(report, default=str)}")
     return report
 
@@ -121,7 +121,7 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
 
     models = resolve_models(run)
     report: dict[str, Any] = {
-        "models": {key: {**info, "fingerprint": input_fingerprint(info["input"])} for key, info in models.items()},
+        "models": {key: {**info, "fingerprint": ctx.fingerprints[f"model:{key}"]} for key, info in models.items()},
         "settings": settings_report(run), "results": {}}
     outputs: set[str] = set()
     for suite in run.stage.suites:
@@ -130,7 +130,8 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
         report["results"][suite] = results
         outputs.update(written)
     outputs.update(write_plots(report, ctx.work_dir))
-    outputs.update(write_report(ctx.work_dir, report))
+    write_report(ctx.work_dir / Files.EVAL_JSON, ctx.work_dir / Files.EVAL_MARKDOWN, report)
+    outputs.update((Files.EVAL_JSON, Files.EVAL_MARKDOWN))
     metrics = {f"{suite}/{key}": value for suite, per_model in report["results"].items()
                for key, value in headline(suite, per_model).items()}
     return StageResult(outputs=sorted(outputs), metrics=metrics)
@@ -142,12 +143,11 @@ Results = tuple[dict[str, Any], list[str]]
 
 
 def _cache_file(run: RunConfig, suite: str, key: str) -> Path:
-    return Path(run.run_dir) / "cache" / "evaluate" / suite / f"{key}.jsonl"
+    return layout(run).cache_dir(EVALUATE_CACHE) / suite / f"{key}.jsonl"
 
 
 def _generator(run: RunConfig, info: dict[str, str]) -> Any:
     from alignment.evaluation.suites import Generator
-    from stages.generate import backend_options, sampling_settings
 
     return Generator(model_source(run, info["path"]), info["fingerprint"], run.stage.backend,
                      backend_options(run, run.stage.device), sampling_settings(run.stage, run.seed))
@@ -158,7 +158,7 @@ def _heldout_batches(run: RunConfig, tokenizer: Any, which: str) -> list[Any]:
 
     from alignment.data.collate import collate_preference, collate_sft
     from alignment.train.batches import WithIds
-    from stages.data_loading import load_tokenized
+    from stages.builders.data import load_tokenized
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     spec, kind = (run.data.sft_eval, "sft") if which == "sft" else (run.data.preference_eval, "preference")
@@ -169,26 +169,24 @@ def _heldout_batches(run: RunConfig, tokenizer: Any, which: str) -> list[Any]:
 
 
 def suite_sft_loss(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
-    from alignment.evaluation.heldout_eval import heldout_sft
+    from alignment.evaluation.heldout import heldout_sft
 
     return {key: with_scoring(run, info, lambda model, tok: heldout_sft(model, _heldout_batches(run, tok, "sft")))
             for key, info in models.items()}, []
 
 
 def suite_preference(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
-    from alignment.evaluation.heldout_eval import heldout_preference
+    from alignment.evaluation.heldout import heldout_preference
     from alignment.evaluation.suites import scoring_device
     from alignment.generation.sources import load_hf_model
-    from alignment.losses import LossParams, LossType
-    from alignment.train.components import PreferenceComponent, model_reference
+    from alignment.train.components import model_reference
+    from stages.builders.training import preference_component
 
     base = load_hf_model(model_source(run, model_path(run)), dtype=run.model.dtype)
     reference = model_reference(base.to(scoring_device(run.stage.device)))
-    params = LossParams(**{k: v for k, v in vars(run.loss).items() if k != "name"})
 
     def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        component = PreferenceComponent(LossType(run.loss.name), params, reference, pad_id=int(pad))
+        component = preference_component(run, reference, tokenizer)
         return heldout_preference(model, _heldout_batches(run, tokenizer, "preference"), component,
                                   run.stage.bootstrap_resamples, run.seed)
 
@@ -207,7 +205,6 @@ def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
         win_rate_summary,
     )
     from alignment.hashing import content_hash
-    from stages.rank import create_ranker
 
     stage = run.stage
     rows = alpaca_eval_rows(stage.reference_outputs, stage.max_instructions)
@@ -229,13 +226,13 @@ def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
                                                                                         strict=True)]
             wins, unscored = judge_matchups(ranker, matchups)
             annotations = annotation_rows(matchups, wins, key, annotator)
-            folder = work_dir / "alpaca_eval" / key
+            folder = work_dir / Files.ALPACA_EVAL / key
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "model_outputs.json").write_text(json.dumps(model_outputs_rows(matchups, key), indent=2))
-            (folder / "annotations.json").write_text(json.dumps(annotations, indent=2))
+            (folder / Files.MODEL_OUTPUTS).write_text(json.dumps(model_outputs_rows(matchups, key), indent=2))
+            (folder / Files.ANNOTATIONS).write_text(json.dumps(annotations, indent=2))
             results[key].update(win_rate_summary(wins, outputs[key], stage.bootstrap_resamples, run.seed),
                                 unscored_judgements=unscored, alpaca_eval=alpaca_eval_metrics(annotations))
-            written.append("alpaca_eval")
+            written.append(Files.ALPACA_EVAL)
         results["_judge"] = ranker.describe()
     judge = results.pop("_judge")
     for key in models:
@@ -278,18 +275,17 @@ def suite_mt_bench(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
     questions = [check_question(r, f"{path} row {i}") for i, r in enumerate(read_records(path), start=1)]
     questions = questions[: run.stage.mt_bench_max_questions or None]
     results: dict[str, Any] = {}
-    (work_dir / "mt_bench").mkdir(exist_ok=True)
+    (work_dir / Files.MT_BENCH).mkdir(exist_ok=True)
     for key, info in models.items():
         answers, reused = mt_bench_outputs(_generator(run, info), questions, key, _cache_file(run, "mt_bench", key))
-        write_jsonl(work_dir / "mt_bench" / f"{key}.jsonl", answers)
+        write_jsonl(work_dir / Files.MT_BENCH / f"{key}.jsonl", answers)
         results[key] = {"questions": len(answers), "generations_reused": reused, **turn_lengths(answers)}
         results[key]["judge"] = _judge_mt_bench(run, questions, answers) if run.stage.mt_bench_judge else "not judged"
-    return results, ["mt_bench"]
+    return results, [Files.MT_BENCH]
 
 
 def _judge_mt_bench(run: RunConfig, questions: list[Any], answers: list[Any]) -> dict[str, Any]:
     from alignment.evaluation.mt_bench import judge_groups, judged_summary
-    from stages.rank import create_ranker
 
     groups = judge_groups(questions, answers)
     with create_ranker(run) as judge:
@@ -300,7 +296,7 @@ def _judge_mt_bench(run: RunConfig, questions: list[Any], answers: list[Any]) ->
 def suite_verifier(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
     from alignment.data.readers import read_jsonl
     from alignment.evaluation.suites import single_turn_outputs
-    from alignment.evaluation.world_verifier import verifier_scores
+    from alignment.world.verifier import verifier_scores
 
     if run.data.eval_tasks.world_split is None:
         raise ValueError("suite verifier needs data.eval_tasks to be an embedded-world split (world:<split>)")
@@ -349,12 +345,12 @@ def write_plots(report: dict[str, Any], work_dir: Path) -> list[str]:
             written.append(name)
     lengths = {}
     for key in report["models"]:
-        outputs = work_dir / "alpaca_eval" / key / "model_outputs.json"
+        outputs = work_dir / Files.ALPACA_EVAL / key / Files.MODEL_OUTPUTS
         if outputs.is_file():
             lengths[key] = [len(row["output"]) for row in json.loads(outputs.read_text())]
     if lengths:
-        plot_length_distribution(lengths, work_dir / "output_lengths.png")
-        written.append("output_lengths.png")
+        plot_length_distribution(lengths, work_dir / Files.OUTPUT_LENGTHS_PLOT)
+        written.append(Files.OUTPUT_LENGTHS_PLOT)
     return written
 
 

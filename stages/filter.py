@@ -4,8 +4,7 @@ A selector logit per candidate row id is learned with the penalty method of :mod
 (value-function term through a proxy copy of the policy), then a keep rule picks the rows.
 
 Outputs: ``selection.jsonl`` (``{id, weight, kept}`` per scored candidate), ``filtered.jsonl`` (the kept rows in
-the input row format: train on them with ``data.sft.path=<this dir>/filtered.jsonl``, see
-:func:`filtered_dataset_path`), ``weights.png`` (weight histogram, clean vs corrupted when rows carry
+the input row format: train on them with ``data.sft.path=round:filter/filtered.jsonl``), ``weights.png`` (weight histogram, clean vs corrupted when rows carry
 ``meta.corrupted``), ``logs/metrics.jsonl``; manifest metrics: kept count, AUROC / precision / recall against
 the noise labels when present (and AUROC per noise kind when rows name it in ``meta.corruption``), time.
 """
@@ -18,28 +17,23 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import stage_dir
-from stages.config.stage_configs import RunConfig
-from stages.data_loading import load_rows
-from stages.paths import dataset_path, policy_path, reference_path
-from stages.registry import StageContext, StageResult
+from pipeline.artifacts import StageInput
+from pipeline.layout import Files
+from pipeline.protocol import StageContext, StageResult
+from stages.builders.data import load_rows
+from stages.builders.paths import dataset_path, policy_input, reference_input
+from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
-SELECTION_FILE = "selection.jsonl"
-FILTERED_FILE = "filtered.jsonl"
-HISTOGRAM_FILE = "weights.png"
+DISTRIBUTED = False
+node_worker = None
 
 
-def filtered_dataset_path(run_dir: str | Path, round_index: int = 0) -> str:
-    """Path of the filtered rows of round ``round_index`` (a value for ``data.sft.path``)."""
-    return str(stage_dir(run_dir, round_index, "filter") / FILTERED_FILE)
-
-
-def inputs(run: RunConfig) -> dict[str, str]:
+def inputs(run: RunConfig) -> dict[str, StageInput]:
     """The policy, the golden set, the candidate pool and a separate reference model if one is named."""
-    found = {"policy": policy_path(run), "data.golden": dataset_path(run, run.data.golden),
-             "data.candidates": dataset_path(run, run.data.candidates)}
-    reference = reference_path(run, run.stage.reference)
+    found = {"policy": policy_input(run), "data.golden": StageInput(dataset_path(run, run.data.golden)),
+             "data.candidates": StageInput(dataset_path(run, run.data.candidates))}
+    reference = reference_input(run, run.stage.reference)
     if run.stage.kind == "preference" and reference is not None:  # read by build_policy
         found["reference"] = reference
     return found
@@ -76,17 +70,12 @@ def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
 def _policy_and_losses(run: RunConfig, stage_inputs: dict[str, str], tokenizer: Any) -> tuple[Any, Any]:
     """The trainable policy θ and the per-example loss function of ``stage.kind``."""
     from alignment.filtering.bilevel import preference_example_losses, sft_example_losses
-    from alignment.losses import LossParams, LossType
     from alignment.models.loading import LoraSpec, add_lora, disable_dropout, load_causal_lm
-    from alignment.train.components import PreferenceComponent
-    from stages.train_parts import build_policy
+    from stages.builders.training import build_policy, preference_component
 
     if run.stage.kind == "preference":
         model, reference_fn, _ = build_policy(run, stage_inputs)
-        params = LossParams(**{k: v for k, v in vars(run.loss).items() if k != "name"})
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        component = PreferenceComponent(LossType(run.loss.name), params, reference_fn, pad_id=int(pad))
-        return model, preference_example_losses(component)
+        return model, preference_example_losses(preference_component(run, reference_fn, tokenizer))
     cfg = run.model
     model = load_causal_lm(stage_inputs["policy"], cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code)
     disable_dropout(model)
@@ -161,7 +150,7 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
     if stage.num_threads:
         torch.set_num_threads(stage.num_threads)
     setup = build_selection(run, ctx.inputs)
-    with MetricsLog(ctx.logs_dir / "metrics.jsonl") as metrics_log:
+    with MetricsLog(ctx.logs_dir / Files.METRICS) as metrics_log:
         result = train_selector(setup.model, setup.proxy, setup.selector, setup.golden, setup.candidates,
                                 setup.loss_fn, setup.settings,
                                 on_log=lambda record: metrics_log.write(int(record["step"]), record))
@@ -171,7 +160,7 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
                     "seconds_per_step": round(result.seconds / max(result.steps, 1), 5),
                     "final_rho": result.history[-1]["rho"] if result.history else stage.rho,
                     "data": {slot: data["stats"] for slot, data in setup.loaded.items()}})
-    return StageResult(outputs=[SELECTION_FILE, FILTERED_FILE, HISTOGRAM_FILE], metrics=metrics)
+    return StageResult(outputs=[Files.SELECTION, Files.FILTERED, Files.WEIGHTS_PLOT], metrics=metrics)
 
 
 def _write_selection(run: RunConfig, work_dir: Path, rows: list[Any], weight_of: dict[str, float]) -> dict[str, Any]:
@@ -184,13 +173,13 @@ def _write_selection(run: RunConfig, work_dir: Path, rows: list[Any], weight_of:
     scored = [row for row in rows if row.id in weight_of]  # rows dropped by tokenization were never scored
     weights = [weight_of[row.id] for row in scored]
     kept = keep_mask(weights, stage.keep_rule, stage.keep_fraction, stage.threshold)
-    write_jsonl(work_dir / SELECTION_FILE,
+    write_jsonl(work_dir / Files.SELECTION,
                 [{"id": row.id, "weight": w, "kept": k} for row, w, k in zip(scored, weights, kept, strict=True)])
-    write_jsonl(work_dir / FILTERED_FILE, [row for row, k in zip(scored, kept, strict=True) if k])
+    write_jsonl(work_dir / Files.FILTERED, [row for row, k in zip(scored, kept, strict=True) if k])
     labels = noise_labels([row.meta for row in scored])
     cut = stage.threshold if stage.keep_rule == "threshold" else min(
         (w for w, k in zip(weights, kept, strict=True) if k), default=None)
-    plot_weight_histogram(weights, work_dir / HISTOGRAM_FILE, labels, cut,
+    plot_weight_histogram(weights, work_dir / Files.WEIGHTS_PLOT, labels, cut,
                           title=f"selector weights ({stage.activation}, v-term={'on' if stage.value_function else 'off'})")
     metrics: dict[str, Any] = {"candidates": len(rows), "scored": len(scored), "kept": sum(kept),
                                "kept_fraction": sum(kept) / len(scored) if scored else 0.0,

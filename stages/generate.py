@@ -13,7 +13,7 @@ and rank 0 merges once every shard is there:
   vLLM's engine in its own process (the default ``VLLM_ENABLE_V1_MULTIPROCESSING=1``) so it does not join
   the ranks' process group.
 * one process per node without torchrun (NODE_RANK/NNODES): node 0 runs the stage; the other nodes call
-  :func:`run_worker`, which writes their shards without taking the stage lock.
+  :func:`node_worker` (through the runner), which writes their shards without taking the stage lock.
 """
 
 from __future__ import annotations
@@ -21,104 +21,35 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import ArtifactError, is_complete, partial_dir, stage_dir
-from stages.config.stage_configs import RunConfig
-from stages.paths import dataset_path, model_path, policy_path
-from stages.registry import StageContext, StageResult
+from pipeline.artifacts import ArtifactError, StageInput, is_complete
+from pipeline.layout import CREATE_INSTRUCTIONS, Files
+from pipeline.protocol import StageContext, StageResult
+from stages.builders.generation import backend_options, pin_local_devices, policy_source, sampling_settings
+from stages.builders.paths import dataset_path, layout, policy_input
+from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
-DISTRIBUTED = True  # every torchrun rank takes part (see stages/registry.py)
-RESPONSES_FILE = "responses.jsonl"
-SHARDS_DIR = "shards"
-INSTRUCTIONS_STAGE = "create_instructions"
-INSTRUCTIONS_FILE = "prompts.jsonl"
-TRAIN_STAGE = "joint_train"
-DEVICE_ENV = "ALIGNMENT_GENERATION_DEVICE"  # set once the devices of this process are pinned
+DISTRIBUTED = True  # every torchrun rank takes part
 WORKER_POLL_S = 5.0
-
-
-def instructions_dir(run: RunConfig) -> str:
-    """This round's create_instructions artifact."""
-    return str(stage_dir(run.run_dir, run.round, INSTRUCTIONS_STAGE))
 
 
 def prompts_origin(run: RunConfig) -> tuple[str, str]:
     """``(kind, path)``: ("create_instructions", artifact dir) or ("data", data.prompts file/dir/id)."""
     choice = run.stage.prompts_from
-    artifact = instructions_dir(run)
+    artifact = str(layout(run).stage_dir(run.round, CREATE_INSTRUCTIONS))
     if choice == "create_instructions" or (choice == "auto" and is_complete(artifact)):
         if not is_complete(artifact):
             raise ArtifactError(f"stage.prompts_from=create_instructions but {artifact} is not complete; run "
                                 f"stage=create_instructions round={run.round} first")
-        return INSTRUCTIONS_STAGE, artifact
+        return CREATE_INSTRUCTIONS, artifact
     return "data", dataset_path(run, run.data.prompts)
 
 
-def policy_input(run: RunConfig) -> str:
-    """What identifies the policy: the previous round's complete joint_train artifact (fingerprinted from its
-    manifest, without re-hashing the weights) or else the policy path itself."""
-    trained = stage_dir(run.run_dir, run.round - 1, TRAIN_STAGE) if run.round > 0 else None
-    return str(trained) if trained is not None and is_complete(trained) else policy_path(run)
-
-
-def inputs(run: RunConfig) -> dict[str, str]:
-    return {"policy": policy_input(run), "prompts": prompts_origin(run)[1]}
-
-
-# --- config -> library values -------------------------------------------------------------------------------
-
-
-def sampling_settings(stage: Any, seed: int) -> Any:
-    """The stage's sampling fields as :class:`alignment.generation.base.SamplingSettings`."""
-    from alignment.generation.base import SamplingSettings
-
-    return SamplingSettings(n=stage.n, temperature=stage.temperature, top_p=stage.top_p, top_k=stage.top_k,
-                            max_new_tokens=stage.max_new_tokens, stop=tuple(stage.stop), seed=seed)
-
-
-def backend_options(run: RunConfig, device: str | None = None) -> Any:
-    """The stage's runtime backend fields (and the model dtype) as ``BackendOptions``."""
-    from alignment.generation.base import BackendOptions
-
-    stage = run.stage
-    return BackendOptions(dtype=run.model.dtype, batch_size=stage.batch_size,
-                          tensor_parallel_size=stage.tensor_parallel_size, max_model_len=stage.max_model_len,
-                          kv_cache_gb=stage.kv_cache_gb, gpu_memory_utilization=stage.gpu_memory_utilization,
-                          enforce_eager=stage.enforce_eager, lora_mode=stage.lora_mode,
-                          attn_implementation=run.model.attn_implementation, seed=run.seed, device=device)
-
-
-def pin_local_devices(run: RunConfig) -> str | None:
-    """Under torchrun with several ranks per node, restrict this rank's GPUs to its own slice (for vLLM's
-    engine process) and return the hf backend's device; ``None`` when there is nothing to pin."""
-    import os
-
-    import torch
-
-    from alignment.generation.sharding import local_devices
-
-    local_rank, local_workers = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if DEVICE_ENV in os.environ:
-        return os.environ[DEVICE_ENV]
-    if local_workers <= 1 or not torch.cuda.is_available():
-        return None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-    mine = local_devices(devices, local_rank, run.stage.tensor_parallel_size)
-    # A process whose CUDA is already initialised keeps its device list; one that is not sees only `mine`.
-    index = devices.index(mine[0]) if torch.cuda.is_initialized() else 0
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
-    os.environ[DEVICE_ENV] = f"cuda:{index}"
-    return os.environ[DEVICE_ENV]
-
-
-def policy_source(run: RunConfig) -> Any:
-    """The round's policy as a ``ModelSource`` (an adapter's base falls back to the run's base model)."""
-    from alignment.generation.sources import resolve_model_source
-
-    return resolve_model_source(policy_path(run), base_model=model_path(run))
+def inputs(run: RunConfig) -> dict[str, StageInput]:
+    return {"policy": policy_input(run), "prompts": StageInput(prompts_origin(run)[1])}
 
 
 # --- prompts --------------------------------------------------------------------------------------------------
@@ -132,8 +63,8 @@ def load_prompt_items(run: RunConfig, tokenizer: Any) -> tuple[list[Any], dict[s
 
     kind, path = prompts_origin(run)
     spec = run.data.prompts
-    if kind == INSTRUCTIONS_STAGE:
-        result = read_rows(f"{path}/{INSTRUCTIONS_FILE}", kind="prompt", on_bad_row=run.data.on_bad_row)
+    if kind == CREATE_INSTRUCTIONS:
+        result = read_rows(f"{path}/{Files.PROMPTS}", kind="prompt", on_bad_row=run.data.on_bad_row)
     else:
         result = read_rows(path, kind="prompt", split=spec.split, on_bad_row=run.data.on_bad_row,
                            max_rows=spec.max_rows)
@@ -188,7 +119,7 @@ def _generate_shards(run: RunConfig, work_dir: Any, rank: int, workers: int) -> 
     source = policy_source(run)
     items, counts = load_prompt_items(run, load_tokenizer(source.tokenizer))
     shards = plan_shards(len(items), run.stage.shard_size)
-    shard_dir = work_dir / SHARDS_DIR
+    shard_dir = work_dir / Files.SHARDS
     shard_dir.mkdir(parents=True, exist_ok=True)
     mine = shards_of_worker(shards, rank, workers)
     todo = {shard.index for shard in missing_shards(mine, shard_dir)}
@@ -236,31 +167,23 @@ def run_as_worker(run: RunConfig, ctx: StageContext, rank: int, workers: int) ->
     Under torchrun every rank runs this in rank 0's work directory; waiting on files (not a collective) lets
     ranks finish their shards at different times without hitting a collective timeout.
     """
-    from alignment.generation.sharding import merge_shards, wait_for_shards
+    from alignment.generation.sharding import merge_shards, wait_for_file, wait_for_shards
 
-    responses = ctx.work_dir / RESPONSES_FILE
-    info_file = ctx.logs_dir / "generation.json"
-    shard_dir = ctx.work_dir / SHARDS_DIR
+    responses = ctx.work_dir / Files.RESPONSES
+    info_file = ctx.logs_dir / Files.GENERATION_INFO
+    shard_dir = ctx.work_dir / Files.SHARDS
     timeout = run.stage.shard_wait_timeout_s
     if not responses.is_file():  # else a previous attempt merged everything and crashed before committing
         done = _generate_shards(run, ctx.work_dir, rank, workers)
         if rank != 0:
-            _wait_for_file(responses, timeout, f"worker {rank}: rank 0 did not merge the shards")
-            return StageResult(outputs=[RESPONSES_FILE], metrics=done["info"])
+            wait_for_file(responses, timeout, f"worker {rank}: rank 0 did not merge the shards", WORKER_POLL_S)
+            return StageResult(outputs=[Files.RESPONSES], metrics=done["info"])
         if workers > 1:
             wait_for_shards(done["shards"], shard_dir, timeout, WORKER_POLL_S)
         info_file.write_text(json.dumps({**done["info"], **done["counts"]}, indent=2, default=str))
         merge_shards(done["shards"], shard_dir, responses)
         shutil.rmtree(shard_dir)  # responses.jsonl (written atomically) now stands for every shard
     return _result(run, responses, info_file, workers)
-
-
-def _wait_for_file(path: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.is_file():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout_s:.0f}s ({path} is missing)")
-        time.sleep(WORKER_POLL_S)
 
 
 def _result(run: RunConfig, responses: Any, info_file: Any, workers: int) -> StageResult:
@@ -273,36 +196,18 @@ def _result(run: RunConfig, responses: Any, info_file: Any, workers: int) -> Sta
                "sampling": sampling_settings(run.stage, run.seed).to_dict()}
     print(f"[generate] {summary['responses']} responses to {summary['prompts']} prompts "
           f"({summary['empty_responses']} empty, {summary['truncated_responses']} truncated)")
-    return StageResult(outputs=[RESPONSES_FILE], metrics=metrics)
+    return StageResult(outputs=[Files.RESPONSES], metrics=metrics)
 
 
-def run_worker(run: RunConfig, timeout_s: float | None = None) -> dict[str, Any]:
-    """A worker of rank > 0 launched without torchrun (NODE_RANK/NNODES, one process per node): wait for rank
-    0's work directory, write this worker's shards there and return, without taking the stage lock.
-
-    (Under torchrun every rank goes through the runner instead.) Returns this worker's generation info
-    (``{}`` if the artifact was already complete).
-    """
-    from alignment.artifacts import PENDING
+def node_worker(run: RunConfig, work_dir: Path) -> dict[str, Any]:
+    """A node > 0 launched without torchrun (NODE_RANK/NNODES, one process per node): write this node's shards
+    into rank 0's work directory (the runner found it started with this config) and return this worker's
+    generation info, without waiting for the merge."""
     from alignment.generation.sharding import worker_rank_and_count
-    from stages.runner import stage_spec, validate_or_raise
 
-    validate_or_raise(run)
-    rank, workers = worker_rank_and_count()
-    final = stage_dir(run.run_dir, run.round, run.stage.name)
-    work_dir = partial_dir(final)
-    deadline = time.monotonic() + (run.stage.shard_wait_timeout_s if timeout_s is None else timeout_s)
-    while True:
-        if is_complete(final):
-            return {}
-        pending = work_dir / PENDING
-        if pending.is_file() and json.loads(pending.read_text()).get("fingerprint") == stage_spec(run).fingerprint():
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"worker {rank}: rank 0 did not start {work_dir} with this config in time")
-        time.sleep(WORKER_POLL_S)
-    if (work_dir / RESPONSES_FILE).is_file():
+    if (work_dir / Files.RESPONSES).is_file():
         return {}
+    rank, workers = worker_rank_and_count()
     info = dict(_generate_shards(run, work_dir, rank, workers)["info"])
     print(f"[generate] worker {rank}/{workers}: shards {info['shards']['generated']} written in {work_dir}")
     return info

@@ -1,23 +1,24 @@
-"""``stage=iterate recipe=<name> rounds=N``: every stage of a recipe, round after round, in one process.
+"""The multi-round driver (``alignment_run stage=iterate recipe=<name> rounds=N``): every stage of a recipe, round
+after round, in one process.
 
 It does exactly what ``recipes/iterative/run.sh`` does: each stage runs under the artifact contract (skipped
 when complete, resumed when partial), so re-running the command after a crash is the resume. Every stage's
-config of every round is validated before anything runs. At the end it writes ``{run_dir}/iterate/summary.json``,
-``summary.md`` and one plot per headline metric, and prints the table.
+config of every round is validated before anything runs. At the end it writes the per-round summary
+(:mod:`pipeline.summary`) and prints the table. It is dispatched by the CLI, not registered as a stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import read_manifest, stage_dir
-from stages.config.recipe import stage_config
-from stages.config.stage_configs import RunConfig
-
-SUMMARY_DIR = "iterate"
+from pipeline.layout import Files
+from pipeline.summary import write_summary as write_rounds_summary
+from stages.builders.paths import layout
+from stages.config.recipe_settings import stage_config
+from stages.config.run_config import RunConfig
+from stages.config.validate import validate_or_raise
+from stages.runner import run_stage
 
 
 def stage_run(run: RunConfig, stage: str, round_index: int) -> RunConfig:
@@ -35,8 +36,6 @@ def planned_runs(run: RunConfig) -> list[RunConfig]:
 
 def run_rounds(run: RunConfig) -> dict[str, Any]:
     """Run (or skip, or resume) every planned stage, then summarise; returns the summary."""
-    from stages.runner import run_stage, validate_or_raise
-
     validate_or_raise(run)
     if run.stage.list_stages:  # read by recipes/iterative/run.sh
         print(f"rounds {run.rounds}\nrun_dir {run.run_dir}")
@@ -51,39 +50,9 @@ def run_rounds(run: RunConfig) -> dict[str, Any]:
     return write_summary(run)
 
 
-def _round_extras(run: RunConfig, round_index: int) -> dict[str, Any]:
-    extras: dict[str, Any] = {}
-    if "rank" in run.recipe.stages:  # the policy's samples of this round: their mean score and the pairs built
-        ranked = read_manifest(stage_dir(run.run_dir, round_index, "rank"))["metrics"]
-        extras.update(sample_score=ranked.get("mean_score"), pairs=ranked.get("pairs"))
-    if "joint_train" in run.recipe.stages:
-        metrics = read_manifest(stage_dir(run.run_dir, round_index, "joint_train"))["metrics"]
-        extras["train_steps"] = metrics.get("steps")
-    return extras
-
-
 def write_summary(run: RunConfig) -> dict[str, Any]:
-    """The per-round table from the manifests of the run's rounds, written as JSON, Markdown and plots."""
-    from alignment.evaluation.rounds_summary import (
-        headline_columns,
-        plot_rounds,
-        summary_markdown,
-        summary_rows,
-    )
-
-    rounds = range(run.rounds)
-    evaluations = ([read_manifest(stage_dir(run.run_dir, k, "evaluate"))["metrics"] for k in rounds]
-                   if "evaluate" in run.recipe.stages else [])
-    rows = summary_rows(evaluations, [_round_extras(run, k) for k in rounds]) if evaluations else []
-    extras = ("sample_score", "pairs", "train_steps")
-    columns = [c for c in extras if any(row.get(c) is not None for row in rows)] + headline_columns(rows)
-    out = Path(run.run_dir) / SUMMARY_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    table = summary_markdown(rows, columns)
-    summary = {"recipe": run.recipe.name, "rounds": run.rounds, "rows": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(f"# {run.recipe.name}: {run.rounds} round(s)\n\n{table}")
-    for metric in headline_columns(rows):
-        plot_rounds(rows, metric, out / f"{metric.replace('/', '_')}.png")
+    """The per-round table of the run's manifests, written to ``{run_dir}/iterate/`` and printed."""
+    summary = write_rounds_summary(layout(run), run.recipe.name, run.rounds, run.recipe.stages)
+    table = (layout(run).summary_dir() / Files.SUMMARY_MARKDOWN).read_text().split("\n", 2)[-1]
     print(f"[iterate] {run.recipe.name}, {run.rounds} round(s) in {run.run_dir}:\n{table}")
     return summary

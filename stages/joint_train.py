@@ -12,36 +12,43 @@ import gc
 import shutil
 from typing import Any
 
-from stages.config.stage_configs import RunConfig
-from stages.data_loading import load_tokenized
-from stages.paths import TRAINED_MODEL_DIR, dataset_path, policy_path, reference_path
-from stages.registry import StageContext, StageResult
-from stages.train_parts import (
+from pipeline.artifacts import StageInput
+from pipeline.layout import Files
+from pipeline.protocol import StageContext, StageResult
+from stages.builders.data import load_tokenized
+from stages.builders.paths import dataset_path, policy_input, reference_input
+from stages.builders.training import (
     build_components,
     build_schedule,
     cached_reference,
     eval_batches,
     optima,
     verifier_report,
+    verifier_tasks_path,
 )
+from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
-DISTRIBUTED = True  # every torchrun rank takes part (see stages/registry.py)
+DISTRIBUTED = True  # every torchrun rank takes part
+node_worker = None
 DATA_SLOTS = {"sft": "sft", "preference": "preference", "sft_eval": "sft", "preference_eval": "preference"}
 
 
-def inputs(run: RunConfig) -> dict[str, str]:
-    """The policy, the four datasets, and any reference/teacher/optima artifacts."""
-    found = {"policy": policy_path(run)}
+def inputs(run: RunConfig) -> dict[str, StageInput]:
+    """The policy, the four datasets, and any reference/teacher/optima artifacts and verifier tasks."""
+    found = {"policy": policy_input(run)}
     for slot in DATA_SLOTS:
-        found[f"data.{slot}"] = dataset_path(run, getattr(run.data, slot))
-    reference = reference_path(run, run.stage.reference)
+        found[f"data.{slot}"] = StageInput(dataset_path(run, getattr(run.data, slot)))
+    reference = reference_input(run, run.stage.reference)
     if reference is not None:
         found["reference"] = reference
     if "kd" in run.objective.objectives:
-        found["teacher"] = run.objective.teacher
+        found["teacher"] = StageInput(run.objective.teacher)
     for index, path in enumerate(run.objective.optima_from):
-        found[f"optima.{index}"] = path
+        found[f"optima.{index}"] = StageInput(path)
+    tasks = verifier_tasks_path(run)
+    if tasks is not None:
+        found["data.eval_tasks"] = StageInput(tasks)
     return found
 
 
@@ -76,13 +83,13 @@ def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
 def run(run: RunConfig, ctx: StageContext) -> StageResult:
     import torch
 
+    from alignment.evaluation.heldout import evaluate_heldout
     from alignment.evaluation.plots import plot_loss_space
     from alignment.models.loading import load_tokenizer, save_trained
-    from alignment.train.heldout import evaluate_heldout
     from alignment.train.loop import JointTrainer, LoopSettings
     from alignment.train.metrics_log import MetricsLog
     from alignment.train.setup import make_accelerator, make_optimizer, make_scheduler
-    from stages.train_parts import build_policy
+    from stages.builders.training import build_policy
 
     stage, train = run.stage, run.stage.train
     if stage.num_threads:
@@ -116,26 +123,29 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
     settings = LoopSettings(
         max_steps=train.max_steps, grad_accum=train.grad_accum, max_grad_norm=train.max_grad_norm,
         eval_every=train.eval_every, save_every=train.save_every, keep_checkpoints=train.keep_checkpoints,
-        log_every=stage.log_every, early_stop_eps=stage.early_stop_eps, optima=best,
+        log_every=stage.log_every, early_stop_eps=stage.early_stop_eps, optima=(best.get("sft"), best.get("preference")),
         ref_pareto=[(p[0], p[1]) for p in stage.ref_pareto], progress=stage.progress,
     )
     trackers = [accelerator] if run.tracking.backends else []
-    with MetricsLog(ctx.logs_dir / "metrics.jsonl", trackers=trackers) as metrics_log:
+    with MetricsLog(ctx.logs_dir / Files.METRICS, trackers=trackers) as metrics_log:
         result = JointTrainer(accelerator, model, optimizer, scheduler, components, streams, schedule, evaluate,
-                              settings, ctx.work_dir / "checkpoints",
+                              settings, ctx.work_dir / Files.CHECKPOINTS,
                               metrics_log if accelerator.is_main_process else None).run()
     accelerator.wait_for_everyone()
-    outputs = [TRAINED_MODEL_DIR]
+    outputs = [Files.MODEL]
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
         trained = accelerator.unwrap_model(model)
-        save_trained(trained, tokenizer, ctx.work_dir / TRAINED_MODEL_DIR, merged=stage.save_merged)
-        plot_loss_space({run.objective.name: result.evals}, ctx.work_dir / "loss_space.png", ideal=best,
+        save_trained(trained, tokenizer, ctx.work_dir / Files.MODEL, merged=stage.save_merged)
+        plot_loss_space({run.objective.name: result.evals}, ctx.work_dir / Files.LOSS_SPACE_PLOT,
+                        ideal=(best.get("sft"), best.get("preference")),
                         title=f"{run.objective.name} (λ={run.objective.lambd}, loss={run.loss.name})")
-        outputs.append("loss_space.png")
+        outputs.append(Files.LOSS_SPACE_PLOT)
         metrics = _summary(result, data_stats, reference_kind, accelerator.num_processes)
-        metrics.update(verifier_report(run, str(ctx.work_dir / TRAINED_MODEL_DIR), ctx.inputs["policy"]))
-        shutil.rmtree(ctx.work_dir / "checkpoints", ignore_errors=True)  # the artifact is complete: no resume
+        if "data.eval_tasks" in ctx.inputs:
+            metrics.update(verifier_report(ctx.inputs["data.eval_tasks"], str(ctx.work_dir / Files.MODEL),
+                                           ctx.inputs["policy"]))
+        shutil.rmtree(ctx.work_dir / Files.CHECKPOINTS, ignore_errors=True)  # the artifact is complete: no resume
     for tracker in accelerator.trackers:  # not end_training(): it would tear down the runner's process group
         tracker.finish()
     return StageResult(outputs=outputs, metrics=metrics)

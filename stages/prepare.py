@@ -6,33 +6,28 @@ Every later stage reads this artifact like any other input: ``model/`` is a norm
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from typing import Any
 
-from stages.config.stage_configs import RunConfig
-from stages.paths import WORLD_DATA_DIR, WORLD_MODEL_DIR
-from stages.registry import StageContext, StageResult
+from pipeline.artifacts import StageInput
+from pipeline.layout import Files
+from pipeline.protocol import StageContext, StageResult
+from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
+DISTRIBUTED = False
+node_worker = None
 
 
-def inputs(run: RunConfig) -> dict[str, str]:
+def inputs(run: RunConfig) -> dict[str, StageInput]:
     return {}
 
 
-def _world_sizes(run: RunConfig) -> Any:
-    from alignment.data.world import WorldSizes
-
-    names = {f.name for f in dataclasses.fields(WorldSizes)}
-    return WorldSizes(**{name: getattr(run.world, name) for name in names})
-
-
 def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
-    from alignment.data.world import build_world
+    from alignment.world.splits import build_world
 
-    world = build_world(run.world.seed, _world_sizes(run))
+    world = build_world(run.world.seed, run.world.sizes())
     counts = {split: len(rows) for split, rows in world.items()}
     print(f"[prepare] dry run: world splits {counts}; one sft row: {json.dumps(world['sft_train'][0])}")
     return {"splits": counts}
@@ -41,16 +36,16 @@ def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
 def run(run: RunConfig, ctx: StageContext) -> StageResult:
     import torch
 
-    from alignment.data.world import build_world, pretraining_texts, world_corpus, write_world
-    from alignment.models.pretrain import pretrain_lm
-    from alignment.models.tiny import build_tiny_model, count_parameters, save_model_dir
-    from alignment.models.tokenizer import train_tokenizer
     from alignment.train.metrics_log import MetricsLog
+    from alignment.world.pretrain import pretrain_lm
+    from alignment.world.splits import build_world, pretraining_texts, world_corpus, write_world
+    from alignment.world.tiny_model import build_tiny_model, count_parameters, save_model_dir
+    from alignment.world.tokenizer import train_tokenizer
 
     cfg = run.world
     started = time.time()
-    world = build_world(cfg.seed, _world_sizes(run))
-    counts = write_world(world, ctx.work_dir / WORLD_DATA_DIR)
+    world = build_world(cfg.seed, run.world.sizes())
+    counts = write_world(world, ctx.work_dir / Files.WORLD_DATA)
     pretrain = pretraining_texts(cfg.seed, n=max(2000, cfg.pretrain_steps * cfg.pretrain_batch_size // 4),
                                  correct_fraction=cfg.pretrain_correct_fraction)
     tokenizer = train_tokenizer(world_corpus(world) + pretrain, vocab_size=cfg.vocab_size)
@@ -60,11 +55,11 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
           f"{cfg.pretrain_steps} steps)")
     losses = pretrain_lm(model, tokenizer, pretrain, steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch_size,
                          lr=cfg.pretrain_lr, seed=cfg.seed, show_progress=run.stage.progress)
-    with MetricsLog(ctx.logs_dir / "metrics.jsonl") as log:
+    with MetricsLog(ctx.logs_dir / Files.METRICS) as log:
         for step, loss in enumerate(losses, start=1):
             if step % run.stage.log_every == 0 or step == len(losses):
                 log.write(step, {"pretrain/loss": loss})
-    save_model_dir(model, tokenizer, ctx.work_dir / WORLD_MODEL_DIR)
+    save_model_dir(model, tokenizer, ctx.work_dir / Files.MODEL)
     metrics = {
         "rows": counts,
         "parameters": count_parameters(model),
@@ -73,4 +68,4 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
         "pretrain_loss_last": losses[-1],
         "seconds": round(time.time() - started, 2),
     }
-    return StageResult(outputs=[WORLD_DATA_DIR, WORLD_MODEL_DIR], metrics=metrics)
+    return StageResult(outputs=[Files.WORLD_DATA, Files.MODEL], metrics=metrics)

@@ -14,38 +14,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import ArtifactError, is_complete, stage_dir
-from stages.config.stage_configs import RunConfig
-from stages.registry import StageContext, StageResult
+from pipeline.artifacts import ArtifactError, StageInput, is_complete
+from pipeline.layout import GENERATE, Files
+from pipeline.protocol import StageContext, StageResult
+from stages.builders.paths import layout
+from stages.builders.ranking import create_ranker, judge_identity, judge_model
+from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
-DISTRIBUTED = True  # every torchrun rank takes part (see stages/registry.py)
-RESPONSES_STAGE = "generate"
-RESPONSES_FILE = "responses.jsonl"
-RANKED_FILE = "ranked.jsonl"
-PAIRS_FILE = "pairs.jsonl"
-SHARDS_DIR = "shards"
+DISTRIBUTED = True  # every torchrun rank takes part
+node_worker = None
 WORKER_POLL_S = 5.0
 
 
 def responses_dir(run: RunConfig) -> str:
     """This round's generate artifact."""
-    return str(stage_dir(run.run_dir, run.round, RESPONSES_STAGE))
+    return str(layout(run).stage_dir(run.round, GENERATE))
 
 
-def judge_path(run: RunConfig) -> str:
-    """The judge model: ``stage.judge_model`` or this round's policy."""
-    from stages.generate import policy_input
-
-    return run.stage.judge_model or policy_input(run)
-
-
-def inputs(run: RunConfig) -> dict[str, str]:
-    found = {"responses": responses_dir(run)}
+def inputs(run: RunConfig) -> dict[str, StageInput]:
+    found = {"responses": StageInput(responses_dir(run))}
     if run.stage.ranker in ("pairrm", "reward_model"):
-        found["ranker_model"] = run.stage.ranker_model
+        found["ranker_model"] = StageInput(run.stage.ranker_model)
     if run.stage.ranker == "judge":
-        found["judge"] = judge_path(run)
+        found["judge"] = StageInput(judge_model(run), judge_identity(run))
     return found
 
 
@@ -54,7 +46,7 @@ def responses_file(run: RunConfig) -> Path:
     directory = responses_dir(run)
     if not is_complete(directory):
         raise ArtifactError(f"{directory} is not complete; run stage=generate round={run.round} first")
-    return Path(directory) / RESPONSES_FILE
+    return Path(directory) / Files.RESPONSES
 
 
 def load_groups(run: RunConfig) -> tuple[list[dict[str, Any]], list[Any]]:
@@ -65,41 +57,6 @@ def load_groups(run: RunConfig) -> tuple[list[dict[str, Any]], list[Any]]:
     path = responses_file(run)
     rows = list(read_jsonl(path))
     return rows, [group_of(row, f"{path} line {number}") for number, row in enumerate(rows, start=1)]
-
-
-def create_ranker(run: RunConfig) -> Any:
-    """The ranker ``stage.ranker`` names, configured from the stage."""
-    stage = run.stage
-    if stage.ranker == "verifier":
-        from alignment.ranking.verifier import VerifierRanker
-
-        return VerifierRanker()
-    if stage.ranker == "pairrm":
-        from alignment.ranking.pairrm import PairRMRanker
-
-        return PairRMRanker(stage.ranker_model, stage.batch_size, stage.device, stage.ranker_dtype,
-                            stage.source_max_tokens, stage.candidate_max_tokens, run.seed)
-    if stage.ranker == "reward_model":
-        from alignment.ranking.reward_model import RewardModelRanker
-
-        return RewardModelRanker(stage.ranker_model, stage.batch_size, stage.device, stage.ranker_dtype,
-                                 stage.reward_max_tokens)
-    return _judge(run)
-
-
-def _judge(run: RunConfig) -> Any:
-    from alignment.generation.base import BackendOptions
-    from alignment.generation.factory import create_backend
-    from alignment.generation.sources import resolve_model_source
-    from alignment.ranking.judge import JudgeRanker, judge_settings
-    from stages.paths import model_path, policy_path
-
-    stage = run.stage
-    source = resolve_model_source(stage.judge_model or policy_path(run), base_model=model_path(run))
-    options = BackendOptions(dtype=run.model.dtype, batch_size=stage.batch_size, seed=run.seed, device=stage.device)
-    backend = create_backend(stage.backend, source, options).backend
-    settings = judge_settings(stage.judge_samples, stage.judge_temperature, stage.judge_max_new_tokens, run.seed)
-    return JudgeRanker(backend, settings, stage.judge_mode, stage.judge_max_prompt_tokens)
 
 
 def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
@@ -120,7 +77,7 @@ def _score_shards(run: RunConfig, work_dir: Path, rank: int, workers: int) -> di
 
     rows, groups = load_groups(run)
     shards = plan_shards(len(rows), run.stage.shard_size)
-    shard_dir = work_dir / SHARDS_DIR
+    shard_dir = work_dir / Files.SHARDS
     shard_dir.mkdir(parents=True, exist_ok=True)
     mine = shards_of_worker(shards, rank, workers)
     todo = [shard.index for shard in missing_shards(mine, shard_dir)]
@@ -150,22 +107,21 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
 
 def run_as_worker(run: RunConfig, ctx: StageContext, rank: int, workers: int) -> StageResult:
     """Worker ``rank`` of ``workers`` scores its shards; rank 0 merges them and selects the pairs."""
-    from alignment.generation.sharding import merge_shards, wait_for_shards
-    from stages.generate import _wait_for_file
+    from alignment.generation.sharding import merge_shards, wait_for_file, wait_for_shards
 
-    ranked = ctx.work_dir / RANKED_FILE
-    info_file = ctx.logs_dir / "ranking.json"
+    ranked = ctx.work_dir / Files.RANKED
+    info_file = ctx.logs_dir / Files.RANKING_INFO
     timeout = run.stage.shard_wait_timeout_s
     if not ranked.is_file():  # else a previous attempt merged everything and crashed before committing
         done = _score_shards(run, ctx.work_dir, rank, workers)
         if rank != 0:
-            _wait_for_file(ranked, timeout, f"worker {rank}: rank 0 did not merge the shards")
-            return StageResult(outputs=[RANKED_FILE, PAIRS_FILE], metrics=done["info"])
+            wait_for_file(ranked, timeout, f"worker {rank}: rank 0 did not merge the shards", WORKER_POLL_S)
+            return StageResult(outputs=[Files.RANKED, Files.PAIRS], metrics=done["info"])
         if workers > 1:
-            wait_for_shards(done["shards"], ctx.work_dir / SHARDS_DIR, timeout, WORKER_POLL_S)
+            wait_for_shards(done["shards"], ctx.work_dir / Files.SHARDS, timeout, WORKER_POLL_S)
         info_file.write_text(json.dumps(done["info"], indent=2, default=str))
-        merge_shards(done["shards"], ctx.work_dir / SHARDS_DIR, ranked)
-        shutil.rmtree(ctx.work_dir / SHARDS_DIR)
+        merge_shards(done["shards"], ctx.work_dir / Files.SHARDS, ranked)
+        shutil.rmtree(ctx.work_dir / Files.SHARDS)
     return _pairs_result(run, ctx.work_dir, info_file, workers)
 
 
@@ -173,13 +129,13 @@ def _pairs_result(run: RunConfig, work_dir: Path, info_file: Path, workers: int)
     from alignment.data.readers import read_jsonl, write_jsonl
     from alignment.ranking.records import build_pairs, pair_metrics
 
-    ranked_rows = list(read_jsonl(work_dir / RANKED_FILE))
+    ranked_rows = list(read_jsonl(work_dir / Files.RANKED))
     stage = run.stage
     pairs, counts = build_pairs(ranked_rows, stage.pair_rule, stage.min_margin, stage.length_alpha, run.seed)
-    write_jsonl(work_dir / PAIRS_FILE, pairs)
+    write_jsonl(work_dir / Files.PAIRS, pairs)
     logged = json.loads(info_file.read_text()) if info_file.is_file() else {}
     metrics = {**logged, **pair_metrics(ranked_rows, pairs, counts), "pair_rule": stage.pair_rule,
                "min_margin": stage.min_margin, "workers": workers}
     print(f"[rank] {metrics['pairs']} pairs from {metrics['prompts']} prompts with {stage.ranker} "
           f"(tie rate {metrics['tie_rate']})")
-    return StageResult(outputs=[RANKED_FILE, PAIRS_FILE], metrics=metrics)
+    return StageResult(outputs=[Files.RANKED, Files.PAIRS], metrics=metrics)

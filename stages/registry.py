@@ -1,50 +1,29 @@
-"""The stage registry: stage name -> module implementing it.
+"""The stage registry: stage name -> the module implementing it, each a :class:`~pipeline.protocol.Stage`.
 
-Each stage module defines ``STAGE_VERSION`` (bump it when the stage's outputs change for the same config),
-``inputs(run) -> dict[name, path or id]``, ``run(run, ctx) -> StageResult`` and optionally
-``dry_run(run, inputs)``; ``DISTRIBUTED = True`` when every torchrun rank takes part in ``run`` (else rank 0
-runs it alone and the others wait). Modules are imported lazily so that config checks never import torch.
+Stage modules keep torch and model imports inside their functions, so importing this table (and checking a
+config) never imports torch. The multi-round driver (``stage=iterate``) is not a stage: the CLI dispatches it.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
-from typing import Any
+from collections.abc import Mapping
 
-from stages.config.stage_configs import STAGE_CONFIGS
+from pipeline.protocol import Stage
+from stages import create_instructions, evaluate, filter, generate, joint_train, prepare, rank
 
-STAGE_NAMES = tuple(STAGE_CONFIGS)
-
-
-@dataclass
-class StageResult:
-    """What a stage produced: output paths relative to its work dir, metrics for the manifest."""
-
-    outputs: list[str]
-    metrics: dict[str, Any] = field(default_factory=dict)
+STAGES: Mapping[str, Stage] = {
+    "prepare": prepare,
+    "create_instructions": create_instructions,
+    "generate": generate,
+    "rank": rank,
+    "filter": filter,
+    "joint_train": joint_train,
+    "evaluate": evaluate,
+}
 
 
-@dataclass
-class StageContext:
-    """Where a stage writes and what it reads; built by the runner."""
-
-    work_dir: Path
-    inputs: dict[str, str]
-    resuming: bool
-    announce: Any = print
-
-    @property
-    def logs_dir(self) -> Path:
-        path = self.work_dir / "logs"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-
-def stage_module(name: str) -> ModuleType:
+def stage_module(name: str) -> Stage:
     """The module implementing stage ``name``."""
-    if name not in STAGE_CONFIGS:
-        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
-    return importlib.import_module(f"stages.{name}")
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return STAGES[name]

@@ -1,4 +1,4 @@
-"""Tests for the stage-directory contract (alignment.artifacts + alignment.stage_run), without any model.
+"""Tests for the stage-directory contract (pipeline.artifacts + pipeline.stage_run), without any model.
 
 A tiny fake stage writes ``out.jsonl`` into ``StageRun.work_dir`` from a temp input file; expected hashes are
 computed here with hashlib, never by the code under test. Crashes are simulated by raising inside the ``with``
@@ -21,19 +21,20 @@ from typing import Any
 
 import pytest
 
-from alignment.artifacts import (
+from pipeline.artifacts import (
     MANIFEST,
     PENDING,
     SUCCESS,
     ArtifactError,
+    StageInput,
     StageSpec,
     StaleArtifactError,
     compute_fingerprint,
     describe_outputs,
     read_manifest,
-    stage_dir,
 )
-from alignment.stage_run import StageRun
+from pipeline.layout import stage_dir
+from pipeline.stage_run import StageRun
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Three non-blank rows and one blank line: "rows" counts the non-blank ones.
@@ -45,11 +46,11 @@ CONFIG: dict[str, Any] = {"alpha": 1, "nested": {"beta": "x"}}
 WORKER = """
 import json, sys, time
 from pathlib import Path
-from alignment.artifacts import StageSpec
-from alignment.stage_run import StageRun
+from pipeline.artifacts import StageInput, StageSpec
+from pipeline.stage_run import StageRun
 
 final, input_path, release, config = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
-spec = StageSpec(stage="fake", stage_version=1, round_index=0, config=config, inputs={"data": input_path})
+spec = StageSpec(stage="fake", stage_version=1, round_index=0, config=config, inputs={"data": StageInput(input_path)})
 with StageRun(final, spec) as run:
     if run.skipped:
         print("RESULT skipped", flush=True)
@@ -78,7 +79,7 @@ def final(tmp_path: Path) -> Path:
 
 def make_spec(input_file: Path, config: dict[str, Any] | None = None) -> StageSpec:
     return StageSpec(stage="fake", stage_version=1, round_index=0, config=config or CONFIG,
-                     inputs={"data": str(input_file)})
+                     inputs={"data": StageInput(str(input_file))})
 
 
 def run_fake(final: Path, spec: StageSpec, force: bool = False,

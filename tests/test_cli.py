@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from alignment.artifacts import MANIFEST, SUCCESS, describe_outputs, read_manifest, stage_dir
+from pipeline.artifacts import MANIFEST, SUCCESS, describe_outputs, read_manifest
+from pipeline.layout import stage_dir
 
 SCRIPT = Path(sys.executable).with_name("alignment_run")
 COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "stages.cli"]
@@ -100,7 +101,7 @@ def test_unknown_key_fails_naming_it(tmp_path: Path) -> None:
 
 
 def test_every_invalid_value_is_reported_before_work(tmp_path: Path) -> None:
-    result = alignment_run(tmp_path / "run", "world.golden=0", "world.prompts=0", "world.corrupt_fraction=2")
+    result = alignment_run(tmp_path / "run", "world.golden=-1", "world.prompts=-1", "world.corrupt_fraction=2")
     assert result.returncode == 2
     assert "3 problem(s)" in result.stderr
     for key in ("world.golden", "world.prompts", "world.corrupt_fraction"):

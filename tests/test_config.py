@@ -13,9 +13,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from alignment.artifacts import compute_fingerprint, read_manifest, stage_dir
+from pipeline.artifacts import compute_fingerprint, read_manifest
+from pipeline.layout import stage_dir
+from pipeline.protocol import StageContext, StageResult
 from stages import runner
 from stages.config.errors import ConfigError
+from stages.config.run_config import RunConfig
 from stages.config.sections import (
     DataConfig,
     LossConfig,
@@ -25,9 +28,9 @@ from stages.config.sections import (
     WorldConfig,
 )
 from stages.config.semantic import semantic_config
-from stages.config.stage_configs import STAGE_CONFIGS, RunConfig
+from stages.config.stage_configs import STAGE_CONFIGS
 from stages.config.store import check_overrides, register_configs
-from stages.registry import StageContext, StageResult
+from stages.config.validate import validate_or_raise
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("stage", "model", "data", "objective", "loss", "world")
@@ -161,15 +164,15 @@ def test_validate_reports_every_problem_at_once() -> None:
     assert "data.max_length must be >= 8 (got 2)" in joined
     assert "objective.lambd must be in [0, 1] (got 2.0)" in joined
     with pytest.raises(ConfigError) as raised:
-        runner.validate_or_raise(run)
+        validate_or_raise(run)
     assert raised.value.problems == problems
     assert "3 problem(s)" in str(raised.value)
 
 
 def test_validate_only_checks_sections_the_stage_reads() -> None:
     # prepare reads world and model.size, not objective: a bad objective does not block it
-    run = compose_run("stage=prepare", "objective.lambd=2", "world.golden=0")
-    assert run.validate() == ["world.golden must be > 0 (got 0)"]
+    run = compose_run("stage=prepare", "objective.lambd=2", "world.golden=-1")
+    assert run.validate() == ["world.golden=-1 must be >= 0"]
 
 
 # --- semantic config and fingerprints ----------------------------------------------------------------------------
@@ -212,7 +215,8 @@ def test_saved_config_yaml_is_the_resolved_config(tmp_path: Path, monkeypatch: p
     def fake_run(run: RunConfig, ctx: StageContext) -> StageResult:
         return StageResult(outputs=[], metrics={"ran": True})
 
-    fake_stage = types.SimpleNamespace(STAGE_VERSION=1, inputs=lambda run: {}, run=fake_run)
+    fake_stage = types.SimpleNamespace(STAGE_VERSION=1, DISTRIBUTED=False, node_worker=None, inputs=lambda run: {},
+                                       run=fake_run)
     monkeypatch.setattr(runner, "stage_module", lambda name: fake_stage)
     overrides = ["stage=prepare", "world=ci", "world.seed=7", f"run_dir={tmp_path}", "stage.log_every=3"]
     composed = compose("config", overrides=overrides)

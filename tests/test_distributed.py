@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment.artifacts import read_manifest, stage_dir
+from pipeline.artifacts import read_manifest
+from pipeline.layout import stage_dir
 from tests.conftest import SMALL_WORLD
 
 ROOT = Path(__file__).resolve().parent.parent

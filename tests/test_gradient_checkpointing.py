@@ -37,7 +37,7 @@ def test_checkpointing_recomputes_each_layer_in_backward():
 def count_training_forwards(monkeypatch) -> list[int]:
     """Patch the stage's ``build_policy`` so the policy's first MLP counts its forward calls made in train mode
     with gradients on: the training forwards, plus their recomputation when checkpointing is active."""
-    import stages.train_parts as train_parts
+    import stages.builders.training as train_parts
 
     calls: list[int] = []
     build_policy = train_parts.build_policy

@@ -1,4 +1,4 @@
-"""Every module of the ``alignment`` and ``stages`` packages imports, so a broken import fails CI.
+"""Every module of the ``alignment``, ``pipeline`` and ``stages`` packages imports, so a broken import fails CI.
 
 Stage modules are otherwise imported lazily (only when their stage runs), so nothing else would notice.
 """
@@ -11,9 +11,10 @@ import pkgutil
 import pytest
 
 import alignment
+import pipeline
 import stages
 
-PACKAGES = (alignment, stages)
+PACKAGES = (alignment, pipeline, stages)
 
 
 def all_module_names() -> list[str]:
@@ -28,7 +29,7 @@ def all_module_names() -> list[str]:
 
 def test_walk_finds_the_known_modules() -> None:
     names = all_module_names()
-    for expected in ("alignment.artifacts", "alignment.stage_run", "stages.cli", "stages.config.store",
+    for expected in ("pipeline.artifacts", "pipeline.stage_run", "stages.cli", "stages.config.store",
                      "stages.prepare", "stages.runner"):
         assert expected in names
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from alignment.artifacts import is_complete, partial_dir, read_manifest, stage_dir
+from pipeline.artifacts import is_complete, partial_dir, read_manifest
+from pipeline.layout import stage_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_SH = ROOT / "recipes" / "iterative" / "run.sh"
@@ -96,7 +97,8 @@ def test_round_one_starts_from_round_zeros_model(scripted: Path) -> None:
     artifact = stage_dir(scripted, 0, "joint_train")
     trained = str(artifact / "model")
     assert manifest(scripted, 1, "generate")["inputs"]["policy"]["path"] == str(artifact)
-    assert manifest(scripted, 1, "joint_train")["inputs"]["policy"]["path"] == trained
+    assert manifest(scripted, 1, "joint_train")["inputs"]["policy"]["path"] == str(artifact)
+    assert manifest(scripted, 1, "joint_train")["inputs"]["policy"]["loaded"] == trained
     assert manifest(scripted, 1, "evaluate")["inputs"]["model:policy"]["path"] == trained
     assert manifest(scripted, 1, "joint_train")["inputs"]["data.preference"]["path"] == str(
         stage_dir(scripted, 1, "rank") / "pairs.jsonl")

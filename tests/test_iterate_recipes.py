@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from alignment.artifacts import is_complete, read_manifest, stage_dir
 from alignment.ranking.tiny import build_pairrm_checkpoint, build_reward_checkpoint
+from pipeline.artifacts import is_complete, read_manifest
+from pipeline.layout import stage_dir
 from stages.compose import compose_run
-from stages.runner import run_stage
+from stages.iterate import run_rounds
 
 S = "++recipe.stage_settings"
 SMALL = ("world=ci", "rounds=1", "stage.progress=false", "data.eval_tasks.max_rows=40",
@@ -44,7 +45,7 @@ def recipe_overrides(recipe: str, rankers: dict[str, Path]) -> tuple[str, ...]:
 def run_recipe(recipe: str, run_dir: Path, world: Path, rankers: dict[str, Path]) -> dict[str, Any]:
     run = compose_run("stage=iterate", f"recipe={recipe}", f"run_dir={run_dir}", f"world_dir={world}", *SMALL,
                       *recipe_overrides(recipe, rankers))
-    summary: dict[str, Any] = run_stage(run)
+    summary: dict[str, Any] = run_rounds(run)
     for stage in run.recipe.stages:
         assert is_complete(stage_dir(run_dir, 0, stage)), (recipe, stage)
     assert json.loads((run_dir / "iterate" / "summary.json").read_text()) == summary

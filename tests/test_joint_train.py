@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment.artifacts import partial_dir, read_manifest, stage_dir
 from alignment.train.loop import JointTrainer, NonFiniteLossError
 from alignment.train.metrics_log import read_metrics
+from pipeline.artifacts import partial_dir, read_manifest
+from pipeline.layout import stage_dir
 from stages.compose import compose_run
 from stages.runner import run_stage
 from tests.conftest import SMALL_WORLD
@@ -125,6 +126,19 @@ def test_early_stop_when_an_objective_reaches_its_optimum(world_run_dir):
     assert "optimum" in manifest["metrics"]["stop_reason"]
 
 
+@pytest.mark.parametrize("objective", ["alright", "maxright", "mix", "preference"])
+def test_objectives_listed_in_either_order_train_the_same(world_run_dir, objective):
+    """λ weighs the preference objective and MAXRIGHT compares each loss with its own optimum whatever the order
+    of objective.objectives: the swapped order trains exactly the same model."""
+    listed, swapped = world_run_dir("listed"), world_run_dir("swapped")
+    settings = (f"objective={objective}", "objective.lambd=0.25", "objective.sft_opt=0.5", "objective.dpo_opt=0.2",
+                *STEPS)
+    first = train(listed, *settings, "objective.objectives=[sft,preference]")
+    second = train(swapped, *settings, "objective.objectives=[preference,sft]")
+    assert first["metrics"]["steps_per_objective"] == second["metrics"]["steps_per_objective"]
+    assert_same_training(listed, swapped)
+
+
 def test_maxright_reads_optima_from_single_objective_manifests(world_run_dir):
     sft_run, pref_run, joint = world_run_dir("sft"), world_run_dir("pref"), world_run_dir("joint")
     train(sft_run, "objective=sft", "stage.train.max_steps=2")
@@ -133,9 +147,9 @@ def test_maxright_reads_optima_from_single_objective_manifests(world_run_dir):
     manifest = train(joint, "objective=maxright", "stage.train.max_steps=2",
                      f"objective.optima_from=[{sft_dir},{pref_dir}]")
     assert manifest["inputs"]["optima.0"]["path"] == str(sft_dir)
-    expected = (read_manifest(sft_dir)["metrics"]["eval/sft_loss_best"],
-                read_manifest(pref_dir)["metrics"]["eval/pref_loss_best"])
-    from stages.train_parts import optima
+    expected = {"sft": read_manifest(sft_dir)["metrics"]["eval/sft_loss_best"],
+                "preference": read_manifest(pref_dir)["metrics"]["eval/pref_loss_best"]}
+    from stages.builders.training import optima
 
     run = compose_run("stage=joint_train", f"objective.optima_from=[{sft_dir},{pref_dir}]")
     assert optima(run) == expected

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from alignment.objectives import Alright, Maxright, Mix, Sequential, SingleObjective, make_schedule
+from alignment.objectives import (
+    Alright,
+    Maxright,
+    Mix,
+    Sequential,
+    SingleObjective,
+    make_schedule,
+    objective_order,
+)
 from alignment.train.setup import sequential_switch_step
 
 
@@ -63,10 +71,32 @@ def test_sequential_mix_single():
 
 
 def test_make_schedule_names_and_switch_step():
+    order = ("sft", "preference")
     for name in ("sft", "preference", "sequential", "mix", "alright", "maxright"):
-        make_schedule(name, 0.5, 0, 5, False, (0.0, 0.0), 2)
+        make_schedule(name, order, 0.5, 0, 5, "sft", {}, 2)
     with pytest.raises(ValueError, match="unknown objective"):
-        make_schedule("bogus", 0.5, 0, 5, False, (0.0, 0.0), 2)
+        make_schedule("bogus", order, 0.5, 0, 5, "sft", {}, 2)
     assert sequential_switch_step("steps", 0.5, 100, 7) == 50
     assert sequential_switch_step("epochs", 0.5, 100, 7) == 49  # round(0.5 * 100/7) = 7 epochs of 7 steps
     assert sequential_switch_step("steps", 0.001, 100, 7) == 1  # each objective keeps at least one step
+
+
+def test_objectives_are_keyed_by_name_whatever_their_order():
+    """λ weighs the preference objective and each gap uses its own optimum, in either order."""
+    assert objective_order(["sft", "preference"]) == objective_order(["preference", "sft"]) == ("sft", "preference")
+    assert objective_order(["kd", "sft"]) == ("sft", "kd")  # no preference objective: λ weighs kd
+    assert objective_order(["kd", "preference"]) == ("kd", "preference")
+    with pytest.raises(ValueError, match="two different"):
+        objective_order(["sft", "sft"])
+    optima = {"sft": 1.0, "preference": 0.1}
+    for listed in (["sft", "preference"], ["preference", "sft"]):
+        order = objective_order(listed)
+        maxright = make_schedule("maxright", order, 0.25, 0, 5, listed[0], optima, 3)
+        maxright.refresh((2.0, 0.9))  # losses in `order`: sft 2.0, preference 0.9
+        assert maxright.gaps == pytest.approx([0.75 * 1.0, 0.25 * 0.8])  # (1-λ)(f_sft - f*_sft), λ(f_pref - f*_pref)
+        picks = [make_schedule("alright", order, 0.3, 5, 5, listed[0], {}, 3) for _ in range(1)][0]
+        preference_share = sum(order[next(iter(picks.plan(s)))] == "preference" for s in range(4000)) / 4000
+        assert abs(preference_share - 0.3) < 0.03
+        assert make_schedule("preference", order, 0.5, 0, 5, listed[0], {}, 3).plan(0) == {order.index("preference"): 1.0}
+        sequential = make_schedule("sequential", order, 0.5, 0, 2, listed[0], {}, 3)
+        assert [order[next(iter(sequential.plan(s)))] for s in range(4)] == [listed[0]] * 2 + [listed[1]] * 2

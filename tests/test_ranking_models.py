@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.data.world_tasks import sample_prompt, solve, wrong_answer
 from alignment.generation.base import Completion, GenerationBackend, SamplingSettings
-from alignment.models.tokenizer import train_tokenizer
 from alignment.ranking.base import CandidateGroup
 from alignment.ranking.judge import JudgeRanker
 from alignment.ranking.pairrm import PairRMRanker
 from alignment.ranking.pairrm_model import encode_pairs, load_pairrm
 from alignment.ranking.reward_model import RewardModelRanker
 from alignment.ranking.tiny import build_pairrm_checkpoint, build_reward_checkpoint
-from alignment.ranking.verifier import VerifierRanker
+from alignment.world.ranker import VerifierRanker
+from alignment.world.tasks import sample_prompt, solve, wrong_answer
+from alignment.world.tokenizer import train_tokenizer
 
 
 def group(prompt: str, *responses: str, key: str = "g") -> CandidateGroup:
@@ -107,7 +107,7 @@ def test_verifier_scores_world_answers_exactly() -> None:
 
 
 def _families() -> list[str]:
-    from alignment.data.world_tasks import TASK_FAMILIES
+    from alignment.world.tasks import TASK_FAMILIES
 
     return list(TASK_FAMILIES)
 

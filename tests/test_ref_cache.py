@@ -10,7 +10,6 @@ from functools import partial
 import pytest
 import torch
 
-from alignment.artifacts import read_manifest, stage_dir
 from alignment.data.collate import collate_preference, collate_prefix_shared
 from alignment.data.tokenize import TokenizedPair
 from alignment.train.batches import WithIds
@@ -25,6 +24,8 @@ from alignment.train.ref_cache import (
     save_table,
     unique_pairs,
 )
+from pipeline.artifacts import read_manifest
+from pipeline.layout import stage_dir
 from tests.test_prefix_sharing import random_pairs, tiny_llama
 
 

@@ -9,28 +9,39 @@ from typing import Any
 
 import pytest
 
-from alignment.artifacts import MANIFEST, SUCCESS, stage_dir
-from alignment.evaluation.rounds_summary import headline_columns, summary_markdown, summary_rows
-from alignment.rounds import (
+from pipeline.artifacts import MANIFEST, SUCCESS
+from pipeline.layout import RunLayout, stage_dir, trained_model
+from pipeline.rounds import (
     ArtifactRef,
     parse_artifact_ref,
-    policy_for_round,
     reference_for_round,
     resolve_model_ref,
     resolve_ref,
-    trained_model,
 )
+from pipeline.rounds import policy_for_round as policy_input_for_round
+from pipeline.summary import headline_columns, summary_markdown, summary_rows
+from stages.builders.paths import dataset_path, policy_path, reference_input
 from stages.compose import CONFIG_DIR, compose_run
 from stages.config.errors import ConfigError
-from stages.config.recipe import RecipeConfig, stage_config
+from stages.config.recipe import RecipeConfig
+from stages.config.recipe_settings import stage_config
 from stages.config.stage_configs import STAGE_CONFIGS
+from stages.config.validate import validate_run
 from stages.iterate import planned_runs, run_rounds, write_summary
-from stages.paths import dataset_path, policy_path, reference_path
 
 RECIPES = sorted(p.stem for p in (Path(CONFIG_DIR) / "recipe").glob("*.yaml") if p.stem != "none")
 # what a recipe cannot know: the checkpoint of a ranker model (required where the recipe ranks with one)
 RECIPE_EXTRAS = {"rlhflow": ("recipe.stage_settings.rank.ranker_model=/models/reward",)}
 LORA_PROBLEM = "recipe.stage_settings.joint_train.save_merged=true"
+
+
+def policy_for_round(run_dir: str | Path, round_index: int, base: str) -> str:
+    return policy_input_for_round(RunLayout.of(run_dir), round_index, base).path
+
+
+def reference_path(run: Any, choice: str) -> str | None:
+    found = reference_input(run, choice)
+    return None if found is None else found.path
 
 
 def make_model(path: Path, merged: bool = False) -> Path:
@@ -60,28 +71,28 @@ def test_a_reference_without_a_stage_is_an_error_quoting_it(text: str) -> None:
 
 
 def test_resolve_ref_maps_this_and_the_previous_round(tmp_path: Path) -> None:
-    assert resolve_ref("round:rank/pairs.jsonl", tmp_path, 2) == str(tmp_path / "round_02" / "rank" / "pairs.jsonl")
-    assert resolve_ref("prev:rank", tmp_path, 2) == str(tmp_path / "round_01" / "rank")
-    assert resolve_ref("round:filter/filtered.jsonl", "runs/x", 0) == "runs/x/round_00/filter/filtered.jsonl"
-    assert resolve_ref("world:golden", tmp_path, 3) == "world:golden"
-    assert resolve_ref("/data/pairs.jsonl", tmp_path, 3) == "/data/pairs.jsonl"
+    assert resolve_ref("round:rank/pairs.jsonl", RunLayout.of(tmp_path), 2) == str(tmp_path / "round_02" / "rank" / "pairs.jsonl")
+    assert resolve_ref("prev:rank", RunLayout.of(tmp_path), 2) == str(tmp_path / "round_01" / "rank")
+    assert resolve_ref("round:filter/filtered.jsonl", RunLayout.of("runs/x"), 0) == "runs/x/round_00/filter/filtered.jsonl"
+    assert resolve_ref("world:golden", RunLayout.of(tmp_path), 3) == "world:golden"
+    assert resolve_ref("/data/pairs.jsonl", RunLayout.of(tmp_path), 3) == "/data/pairs.jsonl"
 
 
 def test_prev_in_round_zero_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'prev:rank' has no previous round in round 0"):
-        resolve_ref("prev:rank/pairs.jsonl", tmp_path, 0)
+        resolve_ref("prev:rank/pairs.jsonl", RunLayout.of(tmp_path), 0)
     with pytest.raises(ValueError, match="no previous round"):
-        resolve_model_ref("prev:joint_train", tmp_path, 0)
+        resolve_model_ref("prev:joint_train", RunLayout.of(tmp_path), 0)
 
 
 def test_resolve_model_ref_names_the_model_of_a_bare_joint_train_reference(tmp_path: Path) -> None:
     previous = tmp_path / "round_01" / "joint_train"
-    assert resolve_model_ref("prev:joint_train", tmp_path, 2) == str(previous / "model")
-    assert resolve_model_ref("prev:joint_train/model", tmp_path, 2) == str(previous / "model")  # a file: as given
-    assert resolve_model_ref("round:rank", tmp_path, 2) == str(tmp_path / "round_02" / "rank")
-    assert resolve_model_ref("/models/ref", tmp_path, 2) == "/models/ref"
+    assert resolve_model_ref("prev:joint_train", RunLayout.of(tmp_path), 2).path == str(previous / "model")
+    assert resolve_model_ref("prev:joint_train/model", RunLayout.of(tmp_path), 2).path == str(previous / "model")  # a file: as given
+    assert resolve_model_ref("round:rank", RunLayout.of(tmp_path), 2).path == str(tmp_path / "round_02" / "rank")
+    assert resolve_model_ref("/models/ref", RunLayout.of(tmp_path), 2).path == "/models/ref"
     make_model(previous, merged=True)
-    assert resolve_model_ref("prev:joint_train", tmp_path, 2) == str(previous / "model" / "merged")
+    assert resolve_model_ref("prev:joint_train", RunLayout.of(tmp_path), 2).path == str(previous / "model" / "merged")
 
 
 # --- policy and reference of each round ---------------------------------------------------------------------------
@@ -112,8 +123,8 @@ def test_the_merged_model_of_a_lora_round_is_preferred(tmp_path: Path) -> None:
     ("round:joint_train/model", 2, "{run}/round_02/joint_train/model"),
 ])
 def test_reference_for_round(tmp_path: Path, choice: str, round_index: int, expected: str | None) -> None:
-    found = reference_for_round(choice, tmp_path, round_index, "/base")
-    assert found == (None if expected is None else expected.format(run=tmp_path))
+    found = reference_for_round(choice, RunLayout.of(tmp_path), round_index, "/base")
+    assert (None if found is None else found.path) == (None if expected is None else expected.format(run=tmp_path))
 
 
 def test_stage_paths_follow_the_round(tmp_path: Path) -> None:
@@ -158,11 +169,11 @@ def test_the_command_line_wins_over_the_recipe() -> None:
 
 def test_an_unknown_stage_setting_is_reported_naming_the_key() -> None:
     bogus = "+recipe.stage_settings.joint_train.train.bogus=1"
-    problems = compose_run("stage=iterate", "recipe=toy", bogus).validate()
+    problems = validate_run(compose_run("stage=iterate", "recipe=toy", bogus))
     assert problems == ["recipe.stage_settings.joint_train.train.bogus: Key 'bogus' not in 'TrainSettings'"]
     with pytest.raises(ConfigError, match=r"recipe\.stage_settings\.joint_train\.train\.bogus"):
         compose_run("stage=joint_train", "recipe=toy", bogus)  # the stage it belongs to fails while composing
-    wrong_type = compose_run("stage=iterate", "recipe=toy", "recipe.stage_settings.generate.n=many").validate()
+    wrong_type = validate_run(compose_run("stage=iterate", "recipe=toy", "recipe.stage_settings.generate.n=many"))
     assert len(wrong_type) == 1 and wrong_type[0].startswith("recipe.stage_settings.generate.n:")
 
 
@@ -179,7 +190,7 @@ def test_recipe_validate_checks_its_stage_list() -> None:
 def test_every_recipe_composes_and_validates_for_each_of_its_stages(recipe: str) -> None:
     extras = RECIPE_EXTRAS.get(recipe, ())
     iterate = compose_run("stage=iterate", f"recipe={recipe}", *extras)
-    assert iterate.recipe.name == recipe and iterate.validate() == []
+    assert iterate.recipe.name == recipe and validate_run(iterate) == []
     plans = planned_runs(iterate)
     assert [(p.round, p.stage.name) for p in plans] == [(k, s) for k in range(iterate.rounds)
                                                         for s in iterate.recipe.stages]

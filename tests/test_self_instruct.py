@@ -23,7 +23,7 @@ from alignment.generation.self_instruct import (
     self_instruct,
     task_list_prompt,
 )
-from alignment.generation.world_prompts import fresh_world_prompts
+from alignment.world.prompts import fresh_world_prompts
 
 SEED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "self_instruct_seed" / "seed_tasks.jsonl"
 WORDS = ("write", "a", "poem", "about", "the", "sea", "list", "three", "facts", "on", "cats", "explain", "why",
@@ -214,7 +214,7 @@ def test_kmeans_separates_two_topics_and_selection_covers_both() -> None:
 
 
 def test_world_prompts_are_fresh_deterministic_and_round_dependent() -> None:
-    from alignment.data.world_tasks import family_of
+    from alignment.world.tasks import family_of
 
     first = fresh_world_prompts(30, seed=0, round_index=1, exclude=[])
     assert first == fresh_world_prompts(30, seed=0, round_index=1, exclude=[])

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from alignment.artifacts import stage_dir
 from alignment.evaluation.report import format_value
 from alignment.ranking.tiny import build_pairrm_checkpoint
+from pipeline.layout import stage_dir
 from stages.runner import run_stage
 from tests.conftest import compose_run
 

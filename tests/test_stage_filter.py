@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from alignment.artifacts import read_manifest, stage_dir
 from alignment.data.readers import read_jsonl, read_rows
+from pipeline.artifacts import read_manifest
+from pipeline.layout import stage_dir
 from stages.compose import compose_run
 from stages.config.errors import ConfigError
-from stages.filter import filtered_dataset_path
 from stages.runner import run_stage
 from tests.conftest import SMALL_WORLD
 
@@ -33,7 +33,7 @@ def test_filter_writes_selection_filtered_rows_and_quality_metrics(world_run_dir
     dropped = [s["weight"] for s in selection if not s["kept"]]
     assert min(kept) >= max(dropped)
     assert sum(s["weight"] for s in selection) == pytest.approx(len(selection), rel=1e-4)  # softmax: sums to N
-    filtered = read_rows(filtered_dataset_path(run_dir), "sft").rows
+    filtered = read_rows(stage_dir(run_dir, 0, "filter") / "filtered.jsonl", "sft").rows
     kept_ids = {s["id"] for s in selection if s["kept"]}
     assert [row.id for row in filtered] == [row.id for row in candidates if row.id in kept_ids]
     assert filtered[0] == next(row for row in candidates if row.id == filtered[0].id)  # same row, meta included

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from alignment.artifacts import ArtifactError, partial_dir, read_manifest, stage_dir
-from alignment.stage_run import StageRun
-from stages.registry import StageContext
-from stages.runner import run_stage, stage_spec
+from pipeline.artifacts import ArtifactError, partial_dir, read_manifest
+from pipeline.layout import stage_dir
+from pipeline.protocol import StageContext
+from pipeline.stage_run import StageRun
+from stages.registry import stage_module
+from stages.runner import run_node_worker, run_stage, stage_spec
 from tests.conftest import compose_run
 from tests.test_generation import make_lora_adapter
 from tests.test_self_instruct import SEED_TASKS
@@ -94,10 +96,12 @@ def test_a_crashed_run_resumes_generating_only_missing_shards(world_run_dir, mon
 def open_work_dir(run: Any) -> StageContext:
     """What rank 0's runner does before the stage runs: the partial directory with pending.json."""
     final = stage_dir(run.run_dir, run.round, "generate")
-    spec = stage_spec(run)
+    module = stage_module("generate")
+    spec = stage_spec(run, module, module.inputs(run))
     with StageRun(final, spec):
         pass  # leaving without commit keeps the partial work directory
-    return StageContext(work_dir=partial_dir(final), inputs=spec.inputs, resuming=False)
+    return StageContext(work_dir=partial_dir(final), inputs={k: v.path for k, v in spec.inputs.items()},
+                        resuming=False)
 
 
 def test_torchrun_ranks_split_the_shards_and_rank_zero_merges(world_run_dir, monkeypatch) -> None:
@@ -126,22 +130,22 @@ def test_torchrun_ranks_split_the_shards_and_rank_zero_merges(world_run_dir, mon
     assert merged == responses_of(single_dir)  # same shards and seeds as one process
 
 
-def test_nodes_without_torchrun_use_run_worker(world_run_dir, monkeypatch) -> None:
-    import stages.generate as stage
+def test_nodes_without_torchrun_use_the_node_worker(world_run_dir, monkeypatch) -> None:
+    import stages.runner as runner
 
     run_dir = world_run_dir()
     run = compose_run("stage=generate", *FAST, f"run_dir={run_dir}", "stage.shard_size=10")
     open_work_dir(run)
-    monkeypatch.setattr(stage, "WORKER_POLL_S", 0.01)
+    monkeypatch.setattr(runner, "NODE_WORKER_POLL_S", 0.01)
     monkeypatch.setenv("NNODES", "2")
     monkeypatch.setenv("NODE_RANK", "1")
-    info = stage.run_worker(run, timeout_s=5)
+    info = run_node_worker(run, timeout_s=5)
     assert info["shards"]["generated"] == [1, 3] and info["backend"] == "hf"
     monkeypatch.setenv("NODE_RANK", "0")
     manifest = run_stage(run)
     assert manifest["metrics"]["shards"]["generated"] == [0, 2, 4] and manifest["metrics"]["workers"] == 2
     assert manifest["outputs"]["responses.jsonl"]["rows"] == len(world_split(run_dir, "prompts"))
-    assert stage.run_worker(run, timeout_s=1) == {}  # a late worker finds the artifact complete
+    assert run_node_worker(run, timeout_s=1) == {}  # a late worker finds the artifact complete
 
 
 @pytest.mark.slow

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from alignment.artifacts import ArtifactError, partial_dir, stage_dir
 from alignment.data.readers import read_rows
 from alignment.data.rows import PreferenceRow
-from alignment.data.world_tasks import verify
 from alignment.ranking.pairrm_model import load_pairrm
 from alignment.ranking.tiny import build_pairrm_checkpoint, build_reward_checkpoint
+from alignment.world.tasks import verify
+from pipeline.artifacts import ArtifactError, partial_dir
+from pipeline.layout import stage_dir
 from stages.runner import run_stage
 from tests.conftest import compose_run
 
@@ -92,7 +93,7 @@ def test_judge_with_the_world_model_counts_unparseable_scores(run_dir: Path) -> 
 
 
 def test_a_crashed_rank_resumes_only_missing_shards(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from alignment.ranking.verifier import VerifierRanker
+    from alignment.world.ranker import VerifierRanker
 
     real = VerifierRanker.score_groups
     calls: list[int] = []

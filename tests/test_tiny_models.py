@@ -9,10 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from alignment.data.world import WorldSizes, build_world, pretraining_texts, world_corpus
-from alignment.models.pretrain import pretrain_lm, warmup_cosine_lr
-from alignment.models.tiny import HEAD_DIM, MODEL_SIZES, build_tiny_model, count_parameters, save_model_dir
-from alignment.models.tokenizer import CHAT_TEMPLATE, render_chat, save_tokenizer, train_tokenizer
+from alignment.world.pretrain import pretrain_lm, warmup_cosine_lr
+from alignment.world.splits import WorldSizes, build_world, pretraining_texts, world_corpus
+from alignment.world.tiny_model import (
+    HEAD_DIM,
+    MODEL_SIZES,
+    build_tiny_model,
+    count_parameters,
+    save_model_dir,
+)
+from alignment.world.tokenizer import CHAT_TEMPLATE, render_chat, save_tokenizer, train_tokenizer
 
 SIZES = WorldSizes(sft_train=60, sft_eval=6, pref_train=40, pref_eval=4, golden=10, candidates=10, prompts=10,
                    eval_per_family=4)

@@ -25,7 +25,7 @@ from alignment.data.tokenize import (
     tokenize_preference,
     tokenize_sft,
 )
-from alignment.models.tokenizer import train_tokenizer
+from alignment.world.tokenizer import train_tokenizer
 
 SHARED_DATA = Path(os.environ.get("ALIGNMENT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 HH_TEST = SHARED_DATA / "hh_rlhf" / "test.jsonl"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment.data.world import (
+from alignment.hashing import row_id
+from alignment.world.splits import (
     SPLITS,
     WorldSizes,
     build_world,
@@ -18,7 +19,7 @@ from alignment.data.world import (
     world_corpus,
     write_world,
 )
-from alignment.data.world_tasks import (
+from alignment.world.tasks import (
     FAMILIES,
     PREFERENCE_FAMILIES,
     SFT_FAMILIES,
@@ -28,8 +29,7 @@ from alignment.data.world_tasks import (
     verify,
     wrong_answer,
 )
-from alignment.hashing import row_id
-from alignment.models.tokenizer import render_chat
+from alignment.world.tokenizer import render_chat
 
 SMALL = WorldSizes(sft_train=90, sft_eval=15, pref_train=80, pref_eval=10, golden=20, candidates=50, prompts=25,
                    eval_per_family=8, corrupt_fraction=0.3)

@@ -65,7 +65,7 @@ def continuation_logprobs(model: Any, context_ids: Sequence[int], continuations:
     for index, row in enumerate(rows):
         input_ids[index, : len(row)] = torch.tensor(row)
         mask[index, : len(row)] = 1
-    from alignment.evaluation.heldout_eval import model_device
+    from alignment.evaluation.heldout import model_device
 
     device = model_device(model)
     logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()

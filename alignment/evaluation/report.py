@@ -64,9 +64,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_report(directory: str | Path, report: Mapping[str, Any]) -> list[str]:
-    """Write ``eval.json`` and ``eval.md`` into ``directory``; return their names."""
-    out = Path(directory)
-    (out / "eval.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "eval.md").write_text(render_markdown(report))
-    return ["eval.json", "eval.md"]
+def write_report(json_path: str | Path, markdown_path: str | Path, report: Mapping[str, Any]) -> None:
+    """Write ``report`` as JSON and as the Markdown of :func:`render_markdown`."""
+    Path(json_path).write_text(json.dumps(report, indent=2, default=str))
+    Path(markdown_path).write_text(render_markdown(report))

@@ -125,6 +125,15 @@ def wait_for_shards(shards: Sequence[Shard], directory: str | Path, timeout_s: f
         missing = missing_shards(missing, directory)
 
 
+def wait_for_file(path: str | Path, timeout_s: float, what: str, poll_s: float = 5.0) -> None:
+    """Block until ``path`` exists (another worker writes it); ``TimeoutError`` says ``what`` did not happen."""
+    deadline = time.monotonic() + timeout_s
+    while not Path(path).is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout_s:.0f}s ({path} is missing)")
+        time.sleep(poll_s)
+
+
 def merge_shards(shards: Sequence[Shard], directory: str | Path, out_path: str | Path) -> int:
     """Concatenate the shard files in shard order into ``out_path`` (atomically); return the row count."""
     def rows() -> Any:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignment.models.loading import ADAPTER_CONFIG, DTYPES, is_adapter_dir
+from alignment.models.files import ADAPTER_CONFIG, MERGED_SUBDIR
+from alignment.models.loading import DTYPES, is_adapter_dir
 
-MERGED_SUBDIR = "merged"  # a LoRA training run may also save the merged model there
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignment.models.files import ADAPTER_CONFIG, MERGED_SUBDIR
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -113,7 +114,8 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def save_trained(model: Any, tokenizer: PreTrainedTokenizerBase, path: str | Path, merged: bool) -> list[str]:
-    """Save the trained model as an HF directory; a LoRA model is saved as its adapter, plus ``merged/``.
+    """Save the trained model as an HF directory; a LoRA model is saved as its adapter, plus ``merged/``
+    (:data:`~alignment.models.files.MERGED_SUBDIR`) when ``merged``.
 
     Returns the sub-paths written (relative to ``path``).
     """
@@ -124,7 +126,7 @@ def save_trained(model: Any, tokenizer: PreTrainedTokenizerBase, path: str | Pat
     written.append(".")
     if merged and hasattr(model, "merge_and_unload"):
         full = copy.deepcopy(model).merge_and_unload()
-        full.save_pretrained(path / "merged", safe_serialization=True)
-        tokenizer.save_pretrained(path / "merged")
-        written.append("merged")
+        full.save_pretrained(path / MERGED_SUBDIR, safe_serialization=True)
+        tokenizer.save_pretrained(path / MERGED_SUBDIR)
+        written.append(MERGED_SUBDIR)
     return written

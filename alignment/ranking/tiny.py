@@ -73,7 +73,7 @@ def build_reward_checkpoint(path: str | Path, seed: int = 0, hidden_size: int = 
     """Write a random ``LlamaForSequenceClassification`` reward model (one label) with a chat template."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from alignment.models.tokenizer import train_tokenizer
+    from alignment.world.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(SAMPLE_TEXTS * 4, vocab_size=300)
     settings: dict[str, Any] = {

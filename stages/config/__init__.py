@@ -1,33 +1,9 @@
 """Typed configuration: one dataclass per config node, registered in Hydra's ConfigStore.
 
-``sections`` holds the shared groups (model, data, objective, loss, world, tracking), ``stage_configs`` one
-dataclass per stage, ``store`` the ConfigStore registration and override checking.
+``sections`` holds the shared groups (model, data, objective, loss, world, tracking), ``recipe`` the recipe
+section, ``run_config`` the top-level :class:`~stages.config.run_config.RunConfig`, ``stage_base`` and the
+``*_configs`` modules one dataclass per stage (tabled in ``stage_configs``), ``recipe_settings`` the merge of a
+recipe's per-stage settings, ``validate`` every problem at once, ``store`` the ConfigStore registration and
+override checking. Imports point one way: sections/recipe -> run_config -> stage configs -> stage_configs ->
+recipe_settings -> validate / store.
 """
-
-from stages.config.errors import ConfigError
-from stages.config.sections import (
-    DataConfig,
-    DatasetSpec,
-    LoraSettings,
-    LossConfig,
-    ModelConfig,
-    ObjectiveConfig,
-    TrackingConfig,
-    WorldConfig,
-)
-from stages.config.stage_configs import STAGE_CONFIGS, RunConfig, StageConfig
-
-__all__ = [
-    "STAGE_CONFIGS",
-    "ConfigError",
-    "DataConfig",
-    "DatasetSpec",
-    "LoraSettings",
-    "LossConfig",
-    "ModelConfig",
-    "ObjectiveConfig",
-    "RunConfig",
-    "StageConfig",
-    "TrackingConfig",
-    "WorldConfig",
-]

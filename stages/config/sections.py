@@ -6,11 +6,13 @@ report every problem at once. Fields built with :func:`runtime` are excluded fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from stages.config.errors import runtime
 
 WORLD_PREFIX = "world:"
+GGUF_PREFIX = "gguf:"
 OBJECTIVE_NAMES = ("sft", "preference", "sequential", "mix", "alright", "maxright")
 COMPONENT_NAMES = ("sft", "preference", "kd")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -44,7 +46,9 @@ class LoraSettings:
 
 @dataclass
 class ModelConfig:
-    """The policy to start from. ``name_or_path=world`` means the embedded world's base model of ``size``."""
+    """The policy to start from: ``name_or_path`` is ``world`` (the embedded world's base model of ``size``), a
+    local directory, a Hub id, or ``gguf:<file.gguf or package/file.gguf>`` (converted once into a plain
+    Hugging Face directory cached by the file's sha256; ``model=smollm2``)."""
 
     name_or_path: str = "world"
     size: str = "tiny"
@@ -57,6 +61,11 @@ class ModelConfig:
     @property
     def is_world(self) -> bool:
         return self.name_or_path == "world"
+
+    @property
+    def gguf_spec(self) -> str | None:
+        """The GGUF file of a ``gguf:`` model (a path, or ``package/file`` inside an installed package)."""
+        return self.name_or_path[len(GGUF_PREFIX):] if self.name_or_path.startswith(GGUF_PREFIX) else None
 
     def validate(self) -> list[str]:
         problems: list[str] = []
@@ -130,8 +139,12 @@ class DataConfig:
 class ObjectiveConfig:
     """How the objectives are combined per optimizer step (``objective=<name>``).
 
-    ``lambd`` is the preference weight λ of the papers: ALRIGHT trains ``objectives[1]`` with probability λ,
-    mix minimises (1-λ)·f_0 + λ·f_1, MAXRIGHT weighs the gaps with (1-λ, λ).
+    ``lambd`` is the preference weight λ of the papers, whatever order ``objectives`` lists them in (the weight
+    of ``kd`` when there is no preference objective): ALRIGHT trains the preference objective with probability
+    λ, mix minimises (1-λ)·f_other + λ·f_pref, MAXRIGHT weighs the gaps with (1-λ, λ). ``sequential`` trains
+    ``objectives[0]`` then ``objectives[1]`` (``reverse`` swaps). MAXRIGHT's optima f* are keyed by objective:
+    ``sft_opt``, ``dpo_opt`` (the preference objective), ``kd_opt``, or read from the manifests of
+    single-objective runs named in ``optima_from``.
     """
 
     name: str = "alright"
@@ -145,6 +158,7 @@ class ObjectiveConfig:
     refresh_every: int = 10
     sft_opt: float | None = None
     dpo_opt: float | None = None
+    kd_opt: float | None = None
     optima_from: list[str] = field(default_factory=list)
     teacher: str = ""
 
@@ -153,8 +167,11 @@ class ObjectiveConfig:
         check_choice(problems, "objective.name", self.name, OBJECTIVE_NAMES)
         if not 0.0 <= self.lambd <= 1.0:
             problems.append(f"objective.lambd must be in [0, 1] (got {self.lambd})")
-        if len(self.objectives) != 2:
-            problems.append(f"objective.objectives must name two objectives (got {self.objectives})")
+        if len(self.objectives) != 2 or len(set(self.objectives)) != 2:
+            problems.append(f"objective.objectives must name two different objectives (got {self.objectives})")
+        if self.name in ("sft", "preference") and self.name not in self.objectives:
+            problems.append(f"objective={self.name} trains the {self.name!r} objective, which is not in "
+                            f"objective.objectives {self.objectives}")
         for name in self.objectives:
             check_choice(problems, "objective.objectives[]", name, COMPONENT_NAMES)
         if "kd" in self.objectives and not self.teacher:
@@ -182,14 +199,19 @@ class LossConfig:
     undesirable_weight: float = 1.0
 
     def validate(self) -> list[str]:
-        from alignment.losses import LossParams, LossType
+        from alignment.losses import LossType
 
         try:
             loss_type = LossType(self.name)
         except ValueError:
             return [f"loss.name={self.name!r} is not one of {[t.value for t in LossType]}"]
-        params = LossParams(**{k: v for k, v in vars(self).items() if k != "name"})
-        return [f"loss.{p}" for p in params.validate(loss_type)]
+        return [f"loss.{p}" for p in self.params().validate(loss_type)]
+
+    def params(self) -> Any:
+        """The hyper-parameters as :class:`alignment.losses.LossParams` (every field but ``name``)."""
+        from alignment.losses import LossParams
+
+        return LossParams(**{k: v for k, v in vars(self).items() if k != "name"})
 
 
 @dataclass
@@ -209,7 +231,7 @@ class WorldConfig:
     # noise kind of the corrupted candidates: mismatch (another family's answer; the default because it is the
     # noise filters meant for scraped data remove, and the tiny base model can see it) | near_miss (a plausible
     # wrong answer: the tiny model cannot tell it from the truth, filter AUROC ~0.58) | mixed (half each);
-    # see alignment.data.world.WorldSizes
+    # see alignment.world.splits.WorldSizes
     corruption: str = "mismatch"
     vocab_size: int = 1024
     pretrain_steps: int = 300
@@ -217,17 +239,21 @@ class WorldConfig:
     pretrain_lr: float = 1e-3
     pretrain_correct_fraction: float = 0.5
 
+    def sizes(self) -> Any:
+        """The split sizes and noise as :class:`alignment.world.sizes.WorldSizes` (the one conversion)."""
+        from alignment.world.sizes import WorldSizes
+
+        return WorldSizes(**{f.name: getattr(self, f.name) for f in fields(WorldSizes)})
+
     def validate(self) -> list[str]:
-        problems = []
-        count_keys = ("sft_train", "sft_eval", "pref_train", "pref_eval", "golden", "candidates", "prompts",
-                      "eval_per_family")
-        counts = {k: getattr(self, k) for k in count_keys}
-        problems += [f"world.{k} must be > 0 (got {v})" for k, v in counts.items() if v <= 0]
-        if not 0.0 <= self.corrupt_fraction < 1.0:
-            problems.append(f"world.corrupt_fraction must be in [0, 1) (got {self.corrupt_fraction})")
-        check_choice(problems, "world.corruption", self.corruption, ("near_miss", "mismatch", "mixed"))
+        from alignment.world.sizes import WorldSizes, size_problems
+
+        problems = [f"world.{p}" for p in size_problems({f.name: getattr(self, f.name) for f in fields(WorldSizes)})]
         if not 0.0 <= self.pretrain_correct_fraction <= 1.0:
             problems.append("world.pretrain_correct_fraction must be in [0, 1]")
+        for key in ("vocab_size", "pretrain_steps", "pretrain_batch_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"world.{key} must be >= 1 (got {getattr(self, key)})")
         return problems
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from stages.config.stage_configs import RunConfig
+from stages.config.run_config import RunConfig
 
 
 def strip_runtime(node: Any) -> Any:

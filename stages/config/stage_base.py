@@ -10,7 +10,7 @@ from omegaconf import MISSING
 from stages.config.errors import runtime
 
 if TYPE_CHECKING:
-    from stages.config.stage_configs import RunConfig
+    from stages.config.run_config import RunConfig
 
 
 @dataclass

@@ -13,8 +13,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from stages.config.errors import ConfigError
+from stages.config.run_config import RunConfig
 from stages.config.sections import DataConfig, LossConfig, ModelConfig, ObjectiveConfig, WorldConfig
-from stages.config.stage_configs import STAGE_CONFIGS, RunConfig
+from stages.config.stage_configs import STAGE_CONFIGS
 
 DEFAULT_STAGE = "joint_train"
 GROUP_SCHEMAS: dict[str, type] = {

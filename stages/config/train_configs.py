@@ -9,7 +9,7 @@ from stages.config.errors import runtime
 from stages.config.sections import check_choice
 
 if TYPE_CHECKING:
-    from stages.config.stage_configs import RunConfig
+    from stages.config.run_config import RunConfig
 
 from stages.config.stage_base import StageConfig
 

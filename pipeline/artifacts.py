@@ -45,11 +45,6 @@ class StaleArtifactError(ArtifactError):
     """The complete artifact was made with another config or other inputs."""
 
 
-def stage_dir(run_dir: str | Path, round_index: int, stage: str) -> Path:
-    """``{run_dir}/round_{k:02d}/{stage}``: the one place stage paths are built."""
-    return Path(run_dir) / f"round_{round_index:02d}" / stage
-
-
 def partial_dir(final: Path) -> Path:
     return final.with_name(final.name + PARTIAL_SUFFIX)
 
@@ -168,6 +163,20 @@ def set_aside(path: Path, label: str) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class StageInput:
+    """One input of a stage: ``path`` is what the stage loads; ``identity`` is what its fingerprint stands for
+    (a complete artifact whose manifest fingerprint is reused, so a model it holds is never re-hashed), or
+    ``path`` itself when empty."""
+
+    path: str
+    identity: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.identity or self.path
+
+
 @dataclass
 class StageSpec:
     """What identifies one stage invocation."""
@@ -176,10 +185,10 @@ class StageSpec:
     stage_version: int
     round_index: int
     config: dict[str, Any]
-    inputs: dict[str, str]  # name -> path or id
+    inputs: dict[str, StageInput]
 
     def input_fingerprints(self) -> dict[str, str]:
-        return {name: input_fingerprint(path) for name, path in sorted(self.inputs.items())}
+        return {name: input_fingerprint(item.source) for name, item in sorted(self.inputs.items())}
 
     def fingerprint(self) -> str:
         return compute_fingerprint(self.stage, self.stage_version, self.config, self.input_fingerprints())

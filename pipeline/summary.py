@@ -1,18 +1,24 @@
 """The per-round table of an iterative run: one row for the starting model, then one per round.
 
 Values come from each round's ``evaluate`` manifest (its headline metrics ``<suite>/<model key>/<metric>``):
-the row "base" holds round 0's ``policy`` numbers, row ``k`` the numbers of round ``k``'s trained model.
+the row "base" holds round 0's ``policy`` numbers, row ``k`` the numbers of round ``k``'s trained model. The
+table is written to ``{run_dir}/iterate/`` as JSON, Markdown and one plot per headline metric.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from alignment.evaluation.plots import plt, save_figure
+from pipeline.artifacts import read_manifest
+from pipeline.layout import EVALUATE, JOINT_TRAIN, RANK, Files, RunLayout
 
+# evaluate's keys of the round's starting policy and of its trained model (``policy``, ``round:joint_train``)
 BEFORE_KEY, AFTER_KEY = "policy", "round_joint_train"
+EXTRA_COLUMNS = ("sample_score", "pairs", "train_steps")
 
 
 def model_metrics(metrics: Mapping[str, Any], model_key: str) -> dict[str, float]:
@@ -61,3 +67,32 @@ def plot_rounds(rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path
     axes.set_ylabel(metric)
     axes.grid(alpha=0.3)
     return save_figure(figure, path)
+
+
+def round_extras(layout: RunLayout, round_index: int, stages: Sequence[str]) -> dict[str, Any]:
+    """The policy's samples of a round (their mean score and the pairs built) and its training steps."""
+    extras: dict[str, Any] = {}
+    if RANK in stages:
+        ranked = read_manifest(layout.stage_dir(round_index, RANK))["metrics"]
+        extras.update(sample_score=ranked.get("mean_score"), pairs=ranked.get("pairs"))
+    if JOINT_TRAIN in stages:
+        extras["train_steps"] = read_manifest(layout.stage_dir(round_index, JOINT_TRAIN))["metrics"].get("steps")
+    return extras
+
+
+def write_summary(layout: RunLayout, recipe: str, rounds: int, stages: Sequence[str]) -> dict[str, Any]:
+    """The per-round table from the manifests of the run's rounds, written as JSON, Markdown and plots."""
+    evaluations = ([read_manifest(layout.stage_dir(k, EVALUATE))["metrics"] for k in range(rounds)]
+                   if EVALUATE in stages else [])
+    extras = [round_extras(layout, k, stages) for k in range(rounds)]
+    rows = summary_rows(evaluations, extras) if evaluations else []
+    columns = [c for c in EXTRA_COLUMNS if any(row.get(c) is not None for row in rows)] + headline_columns(rows)
+    out = layout.summary_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    table = summary_markdown(rows, columns)
+    summary = {"recipe": recipe, "rounds": rounds, "rows": rows}
+    (out / Files.SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+    (out / Files.SUMMARY_MARKDOWN).write_text(f"# {recipe}: {rounds} round(s)\n\n{table}")
+    for metric in headline_columns(rows):
+        plot_rounds(rows, metric, out / f"{metric.replace('/', '_')}.png")
+    return summary

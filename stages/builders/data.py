@@ -6,9 +6,9 @@ from typing import Any
 
 from alignment.data.readers import ReadResult, read_rows
 from alignment.data.tokenize import TokenizeStats, tokenize_dataset
+from stages.builders.paths import dataset_path
+from stages.config.run_config import RunConfig
 from stages.config.sections import DatasetSpec
-from stages.config.stage_configs import RunConfig
-from stages.paths import dataset_path
 
 
 def load_rows(run: RunConfig, spec: DatasetSpec, kind: str) -> ReadResult:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignment.data.world_tasks import verify
 from alignment.ranking.base import CandidateGroup, GroupScores, Ranker
+from alignment.world.tasks import verify
 
 
 class VerifierRanker(Ranker):

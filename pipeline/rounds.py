@@ -14,11 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignment.artifacts import stage_dir
+from pipeline.artifacts import StageInput, is_complete
+from pipeline.layout import JOINT_TRAIN, RunLayout, trained_model
 
-TRAINED_MODEL_DIR = "model"
-MERGED_SUBDIR = "merged"
-TRAIN_STAGE = "joint_train"
 REFERENCE_CHOICES = ("initial", "previous")
 THIS_ROUND, PREVIOUS_ROUND = "round:", "prev:"
 
@@ -31,12 +29,12 @@ class ArtifactRef:
     stage: str
     file: str
 
-    def path(self, run_dir: str | Path, round_index: int) -> Path:
+    def path(self, layout: RunLayout, round_index: int) -> Path:
         """The referenced path; a clear error for ``prev:`` in round 0."""
         target = round_index + self.round_offset
         if target < 0:
             raise ValueError(f"'{PREVIOUS_ROUND}{self.stage}' has no previous round in round {round_index}")
-        directory = stage_dir(run_dir, target, self.stage)
+        directory = layout.stage_dir(target, self.stage)
         return directory / self.file if self.file else directory
 
 
@@ -51,40 +49,35 @@ def parse_artifact_ref(text: str) -> ArtifactRef | None:
     return None
 
 
-def resolve_ref(text: str, run_dir: str | Path, round_index: int) -> str:
+def resolve_ref(text: str, layout: RunLayout, round_index: int) -> str:
     """``text`` itself, or the path an artifact reference names."""
     ref = parse_artifact_ref(text)
-    return text if ref is None else str(ref.path(run_dir, round_index))
+    return text if ref is None else str(ref.path(layout, round_index))
 
 
-def trained_model(artifact: str | Path) -> Path:
-    """The model a ``joint_train`` artifact hands to the next round: its merged weights when a LoRA run wrote
-    them (so adapters of successive rounds never stack on the wrong base), else ``model/``."""
-    model = Path(artifact) / TRAINED_MODEL_DIR
-    merged = model / MERGED_SUBDIR
-    return merged if merged.is_dir() else model
-
-
-def policy_for_round(run_dir: str | Path, round_index: int, base_model: str) -> str:
-    """The model round ``round_index`` starts from: the base model in round 0, else the previous round's."""
+def policy_for_round(layout: RunLayout, round_index: int, base_model: str) -> StageInput:
+    """The model round ``round_index`` starts from: the base model in round 0, else the previous round's trained
+    model, identified by its complete ``joint_train`` artifact (whose manifest fingerprint stands for it)."""
     if round_index == 0:
-        return base_model
-    return str(trained_model(stage_dir(run_dir, round_index - 1, TRAIN_STAGE)))
+        return StageInput(base_model)
+    artifact = layout.stage_dir(round_index - 1, JOINT_TRAIN)
+    return StageInput(str(trained_model(artifact)), str(artifact) if is_complete(artifact) else "")
 
 
-def reference_for_round(choice: str, run_dir: str | Path, round_index: int, base_model: str) -> str | None:
-    """The reference model path for ``choice``, or None when it is the round's starting policy itself (which
+def reference_for_round(choice: str, layout: RunLayout, round_index: int, base_model: str) -> StageInput | None:
+    """The reference model for ``choice``, or None when it is the round's starting policy itself (which
     the trainer then copies, or reaches by disabling LoRA adapters, instead of loading it twice)."""
     if choice == "previous" or (choice == "initial" and round_index == 0):
         return None
     if choice == "initial":
-        return base_model
-    return resolve_model_ref(choice, run_dir, round_index)
+        return StageInput(base_model)
+    return resolve_model_ref(choice, layout, round_index)
 
 
-def resolve_model_ref(text: str, run_dir: str | Path, round_index: int) -> str:
-    """Like :func:`resolve_ref`, but a bare ``joint_train`` reference (``prev:joint_train``) names its model."""
+def resolve_model_ref(text: str, layout: RunLayout, round_index: int) -> StageInput:
+    """Like :func:`resolve_ref`, but a bare training reference (``prev:joint_train``) names its model."""
     ref = parse_artifact_ref(text)
-    if ref is not None and ref.stage == TRAIN_STAGE and not ref.file:
-        return str(trained_model(ref.path(run_dir, round_index)))
-    return resolve_ref(text, run_dir, round_index)
+    if ref is not None and ref.stage == JOINT_TRAIN and not ref.file:
+        artifact = ref.path(layout, round_index)
+        return StageInput(str(trained_model(artifact)), str(artifact) if is_complete(artifact) else "")
+    return StageInput(resolve_ref(text, layout, round_index))

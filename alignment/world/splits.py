@@ -1,5 +1,5 @@
 """The embedded task world: deterministic splits of SFT rows, preference pairs, golden/candidate pools, prompts
-and held-out evaluation tasks, all with verifiable answers (see :mod:`alignment.data.world_tasks`).
+and held-out evaluation tasks, all with verifiable answers (see :mod:`alignment.world.tasks`).
 
 Every prompt appears in at most one split, and a fixed hash-defined quarter of the prompt space is reserved for
 :func:`pretraining_texts`, so the base model never sees a world prompt, held-out or not.
@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from alignment.data.world_tasks import (
+from alignment.hashing import row_id, sha256_text
+from alignment.world.sizes import CORRUPTIONS, WorldSizes
+from alignment.world.tasks import (
     FAMILIES,
     PREFERENCE_FAMILIES,
     SFT_FAMILIES,
@@ -24,8 +25,7 @@ from alignment.data.world_tasks import (
     verify,
     wrong_answer,
 )
-from alignment.hashing import row_id, sha256_text
-from alignment.models.tokenizer import render_chat
+from alignment.world.tokenizer import render_chat
 
 __all__ = [
     "FAMILIES",
@@ -51,47 +51,6 @@ Row = dict[str, Any]
 SPLITS = ("eval_tasks", "golden", "sft_eval", "pref_eval", "sft_train", "pref_train", "candidates", "prompts")
 _PRETRAIN_BUCKETS = 4  # prompts whose hash is 0 mod this are reserved for pretraining text
 _MAX_DRAWS_PER_ROW = 1000
-# Kinds of noise in the candidate pool: ``near_miss`` (a plausible wrong answer to the row's own prompt, see
-# ``wrong_answer``), ``mismatch`` (the correct answer of another candidate prompt of a different family: a
-# response that belongs to another prompt, the typical noise of scraped instruction data) or ``mixed`` (half
-# of the corrupted rows of each kind).
-CORRUPTIONS = ("near_miss", "mismatch", "mixed")
-
-
-@dataclass(frozen=True)
-class WorldSizes:
-    """Row counts per split (``eval_per_family`` is per family), the corrupted share of ``candidates`` and the
-    kind of corruption (one of :data:`CORRUPTIONS`).
-
-    The default ``mismatch`` is the noise a data filter is meant to remove from scraped data, and one the
-    world's ~3M-parameter base model (about 25% accurate on the tasks) can detect. ``near_miss`` rows differ
-    from the truth by one token or one order, which that model cannot tell from clean rows, so a filter
-    validated on them measures the model, not the filter. One default filter pass on world=default (seed 0):
-    AUROC 0.995 on mismatch, 0.58 on near_miss, 0.76 on mixed (0.99 on its mismatches, 0.52 on its near misses).
-    """
-
-    sft_train: int = 1500
-    sft_eval: int = 150
-    pref_train: int = 1500
-    pref_eval: int = 150
-    golden: int = 100
-    candidates: int = 600
-    prompts: int = 500
-    eval_per_family: int = 60
-    corrupt_fraction: float = 0.3
-    corruption: str = "mismatch"
-
-    def __post_init__(self) -> None:
-        problems = [f"{f.name}={getattr(self, f.name)} must be >= 0" for f in fields(self)
-                    if f.name not in ("corrupt_fraction", "corruption") and getattr(self, f.name) < 0]
-        if not 0.0 <= self.corrupt_fraction <= 1.0:
-            problems.append(f"corrupt_fraction={self.corrupt_fraction} must be in [0, 1]")
-        if self.corruption not in CORRUPTIONS:
-            problems.append(f"corruption={self.corruption!r} is not one of {list(CORRUPTIONS)}")
-        if problems:
-            raise ValueError("invalid WorldSizes: " + "; ".join(problems))
-
-
 def reserved_for_pretraining(prompt: str) -> bool:
     """Whether ``prompt`` lies in the hash bucket kept for pretraining text (never in a world split)."""
     return int(sha256_text(prompt)[:8], 16) % _PRETRAIN_BUCKETS == 0

@@ -6,9 +6,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from alignment.artifacts import is_complete, read_manifest
-from stages.config.stage_configs import RunConfig
-from stages.paths import dataset_path
+from pipeline.artifacts import is_complete, read_manifest
+from pipeline.layout import REF_LOGPS_CACHE
+from stages.builders.paths import layout
+from stages.config.run_config import RunConfig
 
 
 def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]:
@@ -54,26 +55,38 @@ def _pad_id(tokenizer: Any) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
 
+def objective_order(run: RunConfig) -> tuple[str, str]:
+    """The run's two objectives as (index 0, index 1); index 1 is the one ``objective.lambd`` weighs."""
+    from alignment.objectives import objective_order as order
+
+    return order(run.objective.objectives)
+
+
+def preference_component(run: RunConfig, reference_fn: Any, tokenizer: Any) -> Any:
+    """The ``loss.*`` preference loss as a training component (also used for held-out evaluation)."""
+    from alignment.losses import LossType
+    from alignment.train.components import PreferenceComponent
+
+    return PreferenceComponent(LossType(run.loss.name), run.loss.params(), reference_fn, pad_id=_pad_id(tokenizer))
+
+
 def build_components(run: RunConfig, inputs: dict[str, str], examples: dict[str, list[Any]], tokenizer: Any,
                      reference_fn: Any, accelerator: Any) -> tuple[dict[int, Any], dict[int, Any], Any]:
-    """Objective components and their endless batch streams (index 0 and 1), plus the preference component
-    used for held-out evaluation whatever is trained."""
+    """Objective components and their endless batch streams (index 0 and 1, in :func:`objective_order`), plus
+    the preference component used for held-out evaluation whatever is trained."""
     from alignment.data.collate import collate_sft
-    from alignment.losses import LossParams, LossType
     from alignment.models.loading import freeze, load_causal_lm
     from alignment.train.batches import CyclingBatches
-    from alignment.train.components import KDComponent, PreferenceComponent, SFTComponent
+    from alignment.train.components import KDComponent, SFTComponent
 
-    loss = run.loss
-    params = LossParams(**{k: v for k, v in vars(loss).items() if k != "name"})
     train = run.stage.train
     pad = _pad_id(tokenizer)
-    preference = PreferenceComponent(LossType(loss.name), params, reference_fn, pad_id=pad)
+    preference = preference_component(run, reference_fn, tokenizer)
     shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index,
              "bucket_window": train.bucket_window}
     components: dict[int, Any] = {}
     streams: dict[int, Any] = {}
-    for index, name in enumerate(run.objective.objectives):
+    for index, name in enumerate(objective_order(run)):
         seed = run.seed + 1000 * (index + 1)
         if name == "preference":
             components[index] = preference
@@ -148,9 +161,6 @@ def cached_reference(run: RunConfig, inputs: dict[str, str], examples: dict[str,
     Returns the cached reference function and a note for the manifest, or ``(reference_fn, None)`` unchanged.
     The caller drops ``reference_fn`` afterwards, which frees a frozen reference model.
     """
-    from pathlib import Path
-
-    from alignment.artifacts import input_fingerprint
     from alignment.losses import LossType
     from alignment.train.ref_cache import (
         CachedReference,
@@ -159,6 +169,7 @@ def cached_reference(run: RunConfig, inputs: dict[str, str], examples: dict[str,
         load_or_build,
         tokenizer_fingerprint,
     )
+    from pipeline.artifacts import input_fingerprint
 
     loss = LossType(run.loss.name)
     if not run.stage.train.ref_cache or reference_fn is None or not loss.paired:
@@ -171,58 +182,70 @@ def cached_reference(run: RunConfig, inputs: dict[str, str], examples: dict[str,
     collate = preference_collate(run, tokenizer)[0]
     with accelerator.main_process_first():  # rank 0 computes and writes; the others then read the file
         table, reused = load_or_build(
-            Path(run.run_dir) / "cache" / "ref_logps", key,
+            layout(run).cache_dir(REF_LOGPS_CACHE), key,
             lambda: compute_reference_table(reference_fn, pairs, run.stage.train.pref_batch_size, collate))
     note = f"cached reference log-probs ({'reused' if reused else 'computed'} cache {key})"
     return CachedReference(table), note
 
 
-def optima(run: RunConfig) -> tuple[float | None, float | None]:
-    """f*_SFT and f*_pref: from the config, else the best held-out losses in the manifests of ``optima_from``."""
-    sft_opt, pref_opt = run.objective.sft_opt, run.objective.dpo_opt
-    found_sft, found_pref = [], []
-    for path in run.objective.optima_from:
-        metrics = read_manifest(path).get("metrics", {}) if is_complete(path) else {}
-        manifest_objective = read_manifest(path)["config"].get("objective", {}).get("name") if metrics else None
-        if manifest_objective == "sft" and "eval/sft_loss_best" in metrics:
-            found_sft.append(metrics["eval/sft_loss_best"])
-        if manifest_objective == "preference" and "eval/pref_loss_best" in metrics:
-            found_pref.append(metrics["eval/pref_loss_best"])
-    if sft_opt is None and found_sft:
-        sft_opt = min(found_sft)
-    if pref_opt is None and found_pref:
-        pref_opt = min(found_pref)
-    return sft_opt, pref_opt
+def optima(run: RunConfig) -> dict[str, float]:
+    """f* by objective name: ``objective.sft_opt`` / ``dpo_opt`` / ``kd_opt``, else the best held-out losses in
+    the manifests of the single-objective runs named in ``optima_from`` (an ``objective=sft`` run gives f*_sft,
+    an ``objective=preference`` run f*_preference)."""
+    objective = run.objective
+    configured = {"sft": objective.sft_opt, "preference": objective.dpo_opt, "kd": objective.kd_opt}
+    measured: dict[str, list[float]] = {"sft": [], "preference": []}
+    metric = {"sft": "eval/sft_loss_best", "preference": "eval/pref_loss_best"}
+    for path in objective.optima_from:
+        if not is_complete(path):
+            continue
+        manifest = read_manifest(path)
+        trained = manifest["config"].get("objective", {}).get("name")
+        if trained in metric and metric[trained] in manifest.get("metrics", {}):
+            measured[trained].append(manifest["metrics"][metric[trained]])
+    found = {name: value for name, value in configured.items() if value is not None}
+    for name, values in measured.items():
+        if name not in found and values:
+            found[name] = min(values)
+    return found
 
 
-def build_schedule(run: RunConfig, streams: dict[int, Any], best: tuple[float | None, float | None]) -> Any:
+def build_schedule(run: RunConfig, streams: dict[int, Any], best: dict[str, float]) -> Any:
     """The objective schedule of ``objective.name``."""
     from alignment.objectives import make_schedule
     from alignment.train.setup import sequential_switch_step
 
     objective, train = run.objective, run.stage.train
-    first = 1 if objective.reverse else 0
+    order = objective_order(run)
+    first = objective.objectives[1 if objective.reverse else 0]
     switch = sequential_switch_step(objective.split_unit, objective.split_fraction, train.max_steps,
-                                    len(streams[first].sampler) if first in streams else 1)
-    if objective.name == "maxright" and None in best:
-        print("[train] MAXRIGHT without known optima (objective.sft_opt/dpo_opt or optima_from): using 0 for "
-              "the missing ones, as the reference implementation does")
-    return make_schedule(objective.name, objective.lambd, run.seed, switch, objective.reverse,
-                         (best[0] or 0.0, best[1] or 0.0), objective.refresh_every)
+                                    len(streams[order.index(first)].sampler))
+    missing = [name for name in order if name not in best]
+    if objective.name == "maxright" and missing:
+        print(f"[train] MAXRIGHT without known optima for {missing} (objective.sft_opt/dpo_opt/kd_opt or "
+              "optima_from): using 0 for them, as the reference implementation does")
+    return make_schedule(objective.name, order, objective.lambd, run.seed, switch, first, best,
+                         objective.refresh_every)
 
 
-def verifier_report(run: RunConfig, trained_dir: str, policy_dir: str) -> dict[str, Any]:
+def verifier_tasks_path(run: RunConfig) -> str | None:
+    """The embedded world's held-out tasks a training run is scored on before and after (``data.eval_tasks``
+    when it is a world split and ``stage.verifier_eval``); None otherwise, e.g. for real data."""
+    if not run.stage.verifier_eval or run.data.eval_tasks.world_split is None:
+        return None
+    return str(layout(run).world_split(run.data.eval_tasks.world_split))
+
+
+def verifier_report(tasks_path: str, trained_dir: str, policy_dir: str) -> dict[str, Any]:
     """Verifier accuracy per task family on the world's held-out prompts, before (``verifier_before/*``) and
-    after training (``verifier/*``); empty unless ``data.eval_tasks`` is a world split."""
+    after training (``verifier/*``)."""
     from alignment.data.readers import read_jsonl
-    from alignment.evaluation.verifier import verifier_accuracy
     from alignment.generation.base import BackendOptions
     from alignment.generation.factory import create_backend
     from alignment.generation.sources import resolve_model_source
+    from alignment.world.verifier import verifier_accuracy
 
-    if not run.stage.verifier_eval or run.data.eval_tasks.world_split is None:
-        return {}
-    tasks = list(read_jsonl(dataset_path(run, run.data.eval_tasks)))
+    tasks = list(read_jsonl(tasks_path))
     report: dict[str, Any] = {}
     for prefix, path in (("verifier_before", policy_dir), ("verifier", trained_dir)):
         choice = create_backend("hf", resolve_model_source(path), BackendOptions(batch_size=64))

@@ -19,12 +19,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from alignment.artifacts import (
+from pipeline.artifacts import (
     MANIFEST,
     PENDING,
     SCHEMA_VERSION,
     SUCCESS,
     ArtifactError,
+    StageInput,
     StageSpec,
     StaleArtifactError,
     Status,
@@ -37,6 +38,14 @@ from alignment.artifacts import (
     stale_report,
     status_of,
 )
+
+
+def _input_record(item: StageInput, fingerprint: str) -> dict[str, str]:
+    """An input in the manifest: what its fingerprint stands for, and the path loaded when that differs."""
+    record = {"path": item.source, "fingerprint": fingerprint}
+    if item.path != item.source:
+        record["loaded"] = item.path
+    return record
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -172,7 +181,7 @@ class StageRun:
             "round": self.spec.round_index,
             "fingerprint": self._fingerprint,
             "inputs": {
-                name: {"path": str(self.spec.inputs[name]), "fingerprint": fingerprint}
+                name: _input_record(self.spec.inputs[name], fingerprint)
                 for name, fingerprint in self.spec.input_fingerprints().items()
             },
             "config": self.spec.config,

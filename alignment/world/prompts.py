@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 
-from alignment.data.world import reserved_for_pretraining
-from alignment.data.world_tasks import FAMILIES, sample_prompt
+from alignment.world.splits import reserved_for_pretraining
+from alignment.world.tasks import FAMILIES, sample_prompt
 
 MAX_DRAWS_PER_PROMPT = 1000
 
