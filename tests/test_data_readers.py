@@ -329,5 +329,5 @@ def test_missing_paths_and_unreachable_hub_ids_give_clear_errors(tmp_path: Path)
 )
 def test_shared_data_files_read_without_bad_rows(relative: str, kind: str, count: int) -> None:
     result = read_rows(SHARED_DATA / relative, kind)
-    assert (len(result.rows), result.skipped) == (count, 0)
+    assert (len(result.rows), result.skipped, result.degenerate_pairs, result.duplicate_rows) == (count, 0, 0, 0)
     assert len({row.id for row in result.rows}) == count

@@ -206,6 +206,22 @@ def test_preference_pair_fits_each_sequence_in_max_length(tokenizer: Any) -> Non
     assert tokenize_preference(tokenizer, row, 30, min_prompt_length=30) is None
 
 
+def test_pairs_identical_after_truncation_are_dropped_and_counted(tokenizer: Any) -> None:
+    common = "The sorted numbers are " + " ".join(str(i % 10) for i in range(30))
+    row = parse_row({"prompt": "Sort them.", "chosen": common + " and done.", "rejected": common + " or not."},
+                    "preference")
+    assert isinstance(row, PreferenceRow)
+    cut = tokenize_preference(tokenizer, row, 24)
+    assert cut is not None and cut.truncated
+    assert cut.chosen_ids == cut.rejected_ids  # both responses cut inside their common beginning
+    assert tokenize_preference(tokenizer, row, 10_000).chosen_ids != cut.chosen_ids  # type: ignore[union-attr]
+    other = parse_row({"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}, "preference")
+    examples, stats = tokenize_dataset(tokenizer, [row, other], 24)
+    assert [example.id for example in examples] == [other.id]
+    assert (stats.rows, stats.kept, stats.dropped_identical_pairs, stats.dropped_empty_after_truncation) == (2, 1, 1, 0)
+    assert tokenize_dataset(tokenizer, [row], 10_000)[1].dropped_identical_pairs == 0
+
+
 # --- real HH dialogues, stats, preview ---------------------------------------------------------------------
 
 
@@ -213,7 +229,8 @@ def test_preference_pair_fits_each_sequence_in_max_length(tokenizer: Any) -> Non
 def test_hh_dialogues_tokenize_with_exact_response_spans(tokenizer: Any) -> None:
     rows = read_rows(HH_TEST, "preference", max_rows=100).rows
     examples, stats = tokenize_dataset(tokenizer, rows, 512)
-    assert stats.rows == 100 and stats.kept + stats.dropped_empty_after_truncation == 100
+    assert stats.rows == 100
+    assert stats.kept + stats.dropped_empty_after_truncation + stats.dropped_identical_pairs == 100
     assert stats.lengths["max"] <= 512
     by_id = {row.id: row for row in rows}
     checked = 0

@@ -45,19 +45,29 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 class DataError(ValueError):
-    """A bad input file or row; the message names the file, the line (or row number) and the field."""
+    """A bad input file or row: a user error, not a bug.
+
+    The message is complete on its own (it starts with the file, then the line or row number, then the field),
+    so a command line can print ``str(error)`` alone and exit with a usage-error status. Lone surrogates (from
+    file names or text that are not UTF-8) are written as ``\\udcff`` escapes, so the message always prints.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 @dataclass(frozen=True)
 class Location:
-    """Where a record came from, for error messages: ``hh.jsonl line 17`` or ``data.parquet row 3``."""
+    """Where a record came from, for error messages: ``hh.jsonl line 17``, ``data.json row 3 (line 9)``."""
 
     source: str = "<data>"
     line: int | None = None
     unit: str = "line"
+    detail: str | None = None  # e.g. the text line a row of a JSON document starts on
 
     def __str__(self) -> str:
-        return self.source if self.line is None else f"{self.source} {self.unit} {self.line}"
+        where = self.source if self.line is None else f"{self.source} {self.unit} {self.line}"
+        return f"{where} ({self.detail})" if self.detail else where
 
 
 def fail(loc: Location, field: str, problem: str, expected: str | None = None) -> NoReturn:
@@ -67,16 +77,18 @@ def fail(loc: Location, field: str, problem: str, expected: str | None = None) -
 
 
 def parse_row(
-    raw: Any, kind: str = "auto", source: str = "<data>", line: int | None = None, unit: str = "line"
+    raw: Any, kind: str = "auto", source: str = "<data>", line: int | None = None, unit: str = "line",
+    detail: str | None = None,
 ) -> Row:
     """Convert ``raw`` to the row type ``kind`` asks for ("sft" | "preference" | "unpaired" | "prompt" | "auto").
 
     "auto" returns the row type the record's fields imply; "prompt" accepts any record with a prompt (response
-    fields then stay in ``meta``). ``source``/``line``/``unit`` only label errors. Raises :class:`DataError`.
+    fields then stay in ``meta``). ``source``/``line``/``unit``/``detail`` only label errors (see
+    :class:`Location`). Raises :class:`DataError`.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown row kind {kind!r}; expected one of {', '.join(KINDS)}")
-    loc = Location(source, line, unit)
+    loc = Location(source, line, unit, detail)
     if not isinstance(raw, dict):
         raise DataError(f"{loc}: expected a JSON object with named fields, got {type(raw).__name__}")
     shape = detect_kind(raw)

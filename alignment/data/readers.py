@@ -1,7 +1,10 @@
 """Read rows from jsonl / json / parquet files, local ``datasets`` directories or Hub dataset ids; write jsonl.
 
 Every record goes through :func:`alignment.data.formats.parse_row`, so a bad record is reported with its file,
-line (``row`` for json/parquet/datasets) and field, or skipped and counted when ``on_bad_row="skip"``.
+line (``row`` for json/parquet/datasets) and field, or skipped and counted when ``on_bad_row="skip"``. Bytes that
+are not UTF-8 make their record bad the same way (see :mod:`alignment.data.decoding`); a problem with a whole
+file (missing, UTF-16, a JSON document broken mid-way) raises in either mode. Degenerate preference pairs are
+dropped and duplicate rows counted (see :mod:`alignment.data.checks`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignment.data.checks import DUPLICATES, RowScreen
+from alignment.data.decoding import (
+    BLANK,
+    MUST_BE_UTF8,
+    UTF8_BOM,
+    check_element,
+    check_not_utf16,
+    decode_document,
+    describe_bytes,
+    iter_json_list,
+    parse_json_line,
+)
 from alignment.data.formats import KINDS, DataError, Location, parse_row
 from alignment.data.rows import Row
 
@@ -23,16 +38,32 @@ ON_BAD_ROW = ("error", "skip")
 SKIP_REASON_SAMPLES = 10
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 _DATASETS_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+_ARROW_BATCH_ROWS = 1024
 
 
 @dataclass
 class ReadResult:
-    """Rows read from ``source``; ``skipped`` bad records, with up to 10 of their reasons in ``skip_reasons``."""
+    """Rows read from ``source``; ``skipped`` bad records, with up to 10 of their reasons in ``skip_reasons``.
+
+    ``degenerate_pairs``: preference pairs dropped because chosen and rejected are the same response;
+    ``duplicate_rows``: rows whose id was already read (dropped when ``duplicates == "drop"``, else kept);
+    ``notes``: up to 10 located examples of each.
+    """
 
     rows: list[Row]
     skipped: int
     source: str
     skip_reasons: list[str] = field(default_factory=list)
+    degenerate_pairs: int = 0
+    duplicate_rows: int = 0
+    duplicates: str = "keep"
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        """What was read and left out, JSON-serialisable, for manifests and dry-run reports."""
+        return {"source": self.source, "rows_kept": len(self.rows), "skipped_bad_rows": self.skipped,
+                "degenerate_pairs_dropped": self.degenerate_pairs, "duplicate_rows": self.duplicate_rows,
+                "duplicates": self.duplicates}
 
 
 @dataclass(frozen=True)
@@ -50,12 +81,16 @@ def read_rows(
     split: str | None = None,
     on_bad_row: str = "error",
     max_rows: int | None = None,
+    duplicates: str = "keep",
 ) -> ReadResult:
     """Read and convert rows of ``kind`` ("sft" | "preference" | "unpaired" | "prompt" | "auto").
 
     ``path_or_id``: a ``.jsonl``/``.json``/``.parquet`` file, a directory saved with ``datasets.save_to_disk``, a
     directory of data files (``split`` picks ``<split>.jsonl`` / ``<split>-*.parquet`` ...), or else a Hub dataset
-    id. ``split`` defaults to "train" where there are several. ``max_rows`` stops after that many good rows.
+    id. ``split`` defaults to "train" where there are several. ``max_rows`` stops after that many rows are kept.
+    Preference pairs whose chosen and rejected are the same response are dropped; rows whose id was already read
+    are counted and, with ``duplicates="drop"``, dropped (``"keep"``: kept). Everything left out is counted in
+    the result.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown row kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -63,25 +98,47 @@ def read_rows(
         raise ValueError(f"on_bad_row={on_bad_row!r}; expected one of {', '.join(ON_BAD_ROW)}")
     if max_rows is not None and max_rows < 0:
         raise ValueError(f"max_rows={max_rows} must be >= 0")
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates={duplicates!r}; expected one of {', '.join(DUPLICATES)}")
+    screen = RowScreen(duplicates)
     source, records = _open_source(str(path_or_id), split)
-    result = ReadResult(rows=[], skipped=0, source=source)
+    result = ReadResult(rows=[], skipped=0, source=source, duplicates=duplicates)
     for record in records:
         if max_rows is not None and len(result.rows) >= max_rows:
             break
         try:
-            if record.error is not None:
-                raise record.error
-            loc = record.loc
-            result.rows.append(parse_row(record.value, kind, loc.source, loc.line, loc.unit))
+            row = _parse_record(record, kind)
         except DataError as exc:
             if on_bad_row == "error":
                 raise
             result.skipped += 1
             if len(result.skip_reasons) < SKIP_REASON_SAMPLES:
                 result.skip_reasons.append(str(exc))
-    if result.skipped:
-        logger.warning("%s: skipped %d bad rows, e.g. %s", source, result.skipped, result.skip_reasons[0])
+            continue
+        if screen.admit(row, record.loc):
+            result.rows.append(row)
+    result.degenerate_pairs, result.duplicate_rows, result.notes = (
+        screen.degenerate_pairs, screen.duplicate_rows, screen.notes)
+    _log_left_out(result)
     return result
+
+
+def _parse_record(record: _Record, kind: str) -> Row:
+    if record.error is not None:
+        raise record.error
+    loc = record.loc
+    return parse_row(record.value, kind, loc.source, loc.line, loc.unit, loc.detail)
+
+
+def _log_left_out(result: ReadResult) -> None:
+    if result.skipped:
+        logger.warning("%s: skipped %d bad rows, e.g. %s", result.source, result.skipped, result.skip_reasons[0])
+    if result.degenerate_pairs:
+        logger.warning("%s: dropped %d preference pairs whose chosen and rejected are the same response",
+                       result.source, result.degenerate_pairs)
+    if result.duplicate_rows:
+        logger.warning("%s: %d rows repeat an earlier row id (%s)", result.source, result.duplicate_rows,
+                       "dropped" if result.duplicates == "drop" else "kept; pass duplicates='drop' to drop them")
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -149,15 +206,23 @@ def _file_records(path: Path) -> Iterator[_Record]:
 
 
 def _jsonl_records(path: Path) -> Iterator[_Record]:
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
+    """One record per non-blank line, read as bytes so that a line that is not UTF-8 is one bad record."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, data in enumerate(handle, start=1):
+            start = offset
+            offset += len(data)
+            if number == 1:
+                check_not_utf16(str(path), data[:4])
+            if data.startswith(UTF8_BOM):  # a file's BOM, or that of a file appended to this one
+                data, start = data[len(UTF8_BOM):], start + len(UTF8_BOM)
             loc = Location(str(path), number)
             try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield _Record(loc, error=DataError(f"{loc}: invalid JSON ({exc.msg} at column {exc.colno})"))
+                value = parse_json_line(data, loc, start)
+            except DataError as exc:
+                yield _Record(loc, error=exc)
+                continue
+            if value is BLANK:
                 continue
             if not isinstance(value, dict):
                 yield _Record(loc, error=DataError(f"{loc}: expected a JSON object, got {type(value).__name__}"))
@@ -166,25 +231,49 @@ def _jsonl_records(path: Path) -> Iterator[_Record]:
 
 
 def _json_list_records(path: Path) -> Iterator[_Record]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-    for number, value in enumerate(data, start=1):
-        yield _Record(Location(str(path), number, "row"), value)
+    """One record per element of a JSON list; each is located by its row number and the line it starts on."""
+    text, has_bad_bytes = decode_document(str(path), path.read_bytes())
+    for number, element in enumerate(iter_json_list(str(path), text), start=1):
+        loc = Location(str(path), number, "row", f"line {element.line}")
+        try:
+            check_element(text, element, loc, has_bad_bytes)
+        except DataError as exc:
+            yield _Record(loc, error=exc)
+            continue
+        yield _Record(loc, element.value)
 
 
 def _parquet_records(path: Path) -> Iterator[_Record]:
     import pyarrow.parquet as pq
 
+    return _arrow_records(pq.ParquetFile(path).iter_batches(batch_size=_ARROW_BATCH_ROWS), str(path))
+
+
+def _arrow_records(batches: Iterable[Any], source: str) -> Iterator[_Record]:
+    """Records of Arrow tables/record batches; a row whose text is not UTF-8 becomes one bad record."""
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for value in batch.to_pylist():
+    for batch in batches:
+        try:
+            values: list[Any] | None = batch.to_pylist()
+        except UnicodeDecodeError:  # Arrow does not validate strings it reads; find the bad rows one by one
+            values = None
+        for index in range(batch.num_rows):
             number += 1
-            yield _Record(Location(str(path), number, "row"), value)
+            loc = Location(source, number, "row")
+            yield _Record(loc, values[index]) if values is not None else _arrow_row(batch, index, loc)
+
+
+def _arrow_row(batch: Any, index: int, loc: Location) -> _Record:
+    value = {}
+    for name in batch.column_names:
+        try:
+            value[name] = batch.column(name)[index].as_py()
+        except UnicodeDecodeError as exc:
+            bad = describe_bytes(exc.object[exc.start:exc.end])
+            return _Record(loc, error=DataError(
+                f"{loc}: field '{name}' is not valid UTF-8 ({bad} at position {exc.start + 1} of its text); "
+                f"{MUST_BE_UTF8}"))
+    return _Record(loc, value)
 
 
 def _directory_source(path: Path, split: str | None) -> tuple[str, Iterator[_Record]]:
@@ -247,5 +336,5 @@ def _hub_source(dataset_id: str, split: str | None) -> tuple[str, Iterator[_Reco
 
 
 def _dataset_records(dataset: Any, source: str) -> Iterator[_Record]:
-    for number, value in enumerate(dataset, start=1):
-        yield _Record(Location(source, number, "row"), value)
+    """Rows of a ``datasets.Dataset`` read as Arrow tables (as stored: no feature decoding, UTF-8 checked)."""
+    return _arrow_records(dataset.with_format("arrow").iter(batch_size=_ARROW_BATCH_ROWS), source)

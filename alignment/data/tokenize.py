@@ -14,7 +14,9 @@ Conventions (every trainer relies on them):
   drops its oldest tokens but keeps the BOS, ``keep_start`` drops its end) down to ``min_prompt_length`` tokens
   (default ``max_length // 2``, at least 1); then the response is cut from the right. A cut response has no EOS
   (the model should not learn to stop where the text was cut). If no response token is left, the example is
-  dropped (``None``): we never train on an empty response.
+  dropped (``None``): we never train on an empty response. A pair whose chosen and rejected ids are identical
+  after truncation (responses that differ only past the cut) is dropped by :func:`tokenize_dataset`: the paired
+  losses have zero gradient on it.
 * ``labels`` are unshifted (``labels[t]`` is the target for ``input_ids[t]``; models shift internally) and hold
   -100 on prompt tokens.
 """
@@ -71,11 +73,16 @@ class TokenizedPair:
 
 @dataclass
 class TokenizeStats:
-    """Counts from :func:`tokenize_dataset`; ``lengths`` summarises kept sequence lengths in tokens."""
+    """Counts from :func:`tokenize_dataset`; ``lengths`` summarises kept sequence lengths in tokens.
+
+    ``dropped_identical_pairs``: preference pairs whose chosen and rejected token ids are the same after
+    truncation. Rows left out while reading (bad, degenerate, duplicate) are counted by ``ReadResult.counts()``.
+    """
 
     rows: int = 0
     kept: int = 0
     dropped_empty_after_truncation: int = 0
+    dropped_identical_pairs: int = 0
     truncated: int = 0
     prefix_fallbacks: int = 0
     lengths: dict[str, float] = field(default_factory=dict)
@@ -172,7 +179,8 @@ def tokenize_dataset(
 ) -> tuple[list[TokenizedSFT | TokenizedPair], TokenizeStats]:
     """Tokenize SFT/unpaired rows to :class:`TokenizedSFT` and preference rows to :class:`TokenizedPair`.
 
-    Dropped rows (no response token left after truncation) are counted in ``stats``; prompt rows are an error.
+    Dropped rows (no response token left after truncation; pairs identical after truncation) are counted in
+    ``stats``; prompt rows are an error.
     """
     examples: list[TokenizedSFT | TokenizedPair] = []
     stats = TokenizeStats()
@@ -182,6 +190,9 @@ def tokenize_dataset(
         example = _tokenize_any(tokenizer, row, max_length, truncation, min_prompt_length)
         if example is None:
             stats.dropped_empty_after_truncation += 1
+            continue
+        if isinstance(example, TokenizedPair) and example.chosen_ids == example.rejected_ids:
+            stats.dropped_identical_pairs += 1
             continue
         examples.append(example)
         stats.truncated += int(example.truncated)
