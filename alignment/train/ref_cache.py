@@ -6,6 +6,9 @@ pair ids in its metadata. ``key`` is a content hash of everything that determine
 model's fingerprint, the tokenizer, the exact token ids of every pair (which already reflect chat template,
 max length and truncation) and those settings named explicitly. Files are written atomically (temp file +
 rename), so a crash never leaves a half-written cache, and later runs and rounds with the same key reuse it.
+
+This eager table costs a reference forward of every pair before the first step; :mod:`alignment.train.ref_store`
+holds the lazy variant (rows computed when first used, appended to the same kind of key's store).
 """
 
 from __future__ import annotations
@@ -70,18 +73,23 @@ def unique_pairs(pairs: Sequence[TokenizedPair]) -> list[TokenizedPair]:
     return list(seen.values())
 
 
+def reference_batches(pairs: Sequence[TokenizedPair], batch_size: int) -> list[list[TokenizedPair]]:
+    """The groups of a full reference pass: unique pairs in length order (least padding), ``batch_size`` each."""
+    ordered = sorted(unique_pairs(pairs), key=lambda p: len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids))
+    return [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+
+
 @torch.no_grad()
 def compute_reference_table(reference: ReferenceFn, pairs: Sequence[TokenizedPair], batch_size: int,
                             collate: Callable[[list[TokenizedPair]], Batch],
                             device: torch.device | str = "cpu") -> Table:
     """Reference (chosen, rejected) log-prob sums of every pair, keyed by pair id.
 
-    Pairs are batched in length order (least padding); ``collate`` builds a preference batch of either layout.
+    Pairs are batched as :func:`reference_batches` groups them; ``collate`` builds a preference batch of either
+    layout.
     """
-    ordered = sorted(unique_pairs(pairs), key=lambda p: len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids))
     table: Table = {}
-    for start in range(0, len(ordered), batch_size):
-        chunk = ordered[start:start + batch_size]
+    for chunk in reference_batches(pairs, batch_size):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate(chunk).items()}
         chosen, rejected = reference(batch)
         for pair, c, r in zip(chunk, chosen.float().cpu().tolist(), rejected.float().cpu().tolist(), strict=True):
