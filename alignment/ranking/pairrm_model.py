@@ -1,13 +1,18 @@
-"""A PairRM-style pairwise reward model: a DeBERTa-v2 encoder and a head comparing two candidates.
+"""A PairRM pairwise reward model: a DeBERTa-v2 encoder and a head comparing two candidates.
 
-Checkpoint format of ``llm-blender/PairRM-hf``: a DeBERTa-v2 config (``config.json``), weights in safetensors
-with the encoder under ``pretrained_model.`` and the head under ``head_layer.`` (dropout, linear 2h->h, tanh,
-dropout, linear h->n_tasks), and a tokenizer with the added tokens ``<|source|>``, ``<|candidate1|>``,
-``<|candidate2|>``.
+Checkpoint format of ``llm-blender/PairRM-hf`` (llm-blender's ``DebertaV2PairRM``): a DeBERTa-v2 config
+(``config.json``, with ``n_tasks``, ``drop_out`` and the prefix token ids), weights in safetensors with the encoder
+under ``pretrained_model.`` and the head under ``head_layer.`` (dropout, linear 2h->h, tanh, dropout, linear
+h->n_tasks), and a tokenizer with the added tokens ``<|source|>``, ``<|candidate1|>``, ``<|candidate2|>``.
 
 One input row is ``[CLS] <|source|> source [SEP] [CLS] <|candidate1|> c1 [SEP] [CLS] <|candidate2|> c2 [SEP]``
-(each part encoded with the tokenizer's special tokens). The hidden states at the three prefix tokens give
-``s``, ``h1``, ``h2``; the logit that c1 is better than c2 is ``mean(head([s; h1]) - head([s; h2]))``.
+(each part encoded on its own with the tokenizer's special tokens; llm-blender's ``tokenize_pair``): the source
+part is cut to ``source_max`` tokens, then each candidate part to half of what the source left of the total
+``source_max + 2 * candidate_max``. The final hidden states at the three prefix tokens give ``s``, ``h1``,
+``h2``; the logit that c1 is better than c2 is ``mean(head([s; h1]) - head([s; h2]))`` over the tasks.
+
+``tests/test_pairrm_parity.py`` and ``scripts/pairrm_parity.py`` check the weight names, the encoding and the
+logits against llm-blender's own code.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ SOURCE_MAX_TOKENS = 1224
 CANDIDATE_MAX_TOKENS = 412
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_DROPOUT = 0.05
+CONFIG_PREFIX_KEYS = ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id")
 
 
 class PairRMModel(nn.Module):
@@ -76,23 +82,37 @@ class EncodedPairs:
     truncated_candidates: int
 
 
+def without_prefix_tokens(text: str) -> str:
+    """``text`` with any literal prefix token (``<|source|>`` ...) replaced by a space.
+
+    The tokenizer turns such a string into the prefix token itself, and the model reads one hidden state per
+    prefix token, so a text containing one would move where the model looks (llm-blender's model fails on it).
+    """
+    for token in PREFIX_TOKENS:
+        text = text.replace(token, " ")
+    return text
+
+
 def _encode_part(tokenizer: Any, prefix: str, text: str, max_tokens: int) -> tuple[list[int], bool]:
     """``prefix + text`` with the tokenizer's special tokens, truncated to ``max_tokens``; and whether it was cut.
 
     The budget never drops below what the prefix alone needs: the model reads its hidden state.
     """
-    ids = list(tokenizer.encode(prefix + text))
+    ids = list(tokenizer.encode(prefix + without_prefix_tokens(text)))
     if len(ids) <= max_tokens:
         return ids, False
     budget = max(max_tokens, len(tokenizer.encode(prefix)))
-    return list(tokenizer.encode(prefix + text, max_length=budget, truncation=True)), True
+    return list(tokenizer.encode(prefix + without_prefix_tokens(text), max_length=budget, truncation=True)), True
 
 
 def encode_pairs(tokenizer: Any, sources: Sequence[str], firsts: Sequence[str], seconds: Sequence[str],
                  source_max: int = SOURCE_MAX_TOKENS, candidate_max: int = CANDIDATE_MAX_TOKENS) -> EncodedPairs:
-    """Encode (source, c1, c2) triples; each candidate gets half of what the source leaves of the total budget.
+    """Encode (source, c1, c2) triples as llm-blender's ``tokenize_pair`` does, right-padded to the longest row.
 
-    The total budget is ``source_max + 2 * candidate_max`` (2048 for PairRM), as in the reference usage.
+    The source part keeps at most ``source_max`` tokens; each candidate part gets half of what the source leaves
+    of ``source_max + 2 * candidate_max`` (2048 for PairRM). ``tokenize_pair`` pads every row to that total and
+    its model drops the all-padding columns again, so the logits are the same. Returns ``input_ids`` and
+    ``attention_mask`` ``[batch, seq]`` and how many sources / candidates were cut.
     """
     total = source_max + 2 * candidate_max
     rows, cut_sources, cut_candidates = [], 0, 0
@@ -125,6 +145,18 @@ def prefix_token_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
+def checked_prefix_ids(config: Any, tokenizer: Any, where: str) -> list[int]:
+    """The prefix ids the tokenizer produces, checked against the ids the checkpoint's config names (the ones
+    llm-blender's model reads), when it names them."""
+    ids = prefix_token_ids(tokenizer)
+    named = [getattr(config, key, None) for key in CONFIG_PREFIX_KEYS]
+    for key, token_id, configured in zip(CONFIG_PREFIX_KEYS, ids, named, strict=True):
+        if configured is not None and int(configured) != token_id:
+            raise ValueError(f"{where}: config.json has {key}={configured} but the tokenizer encodes that prefix "
+                             f"as {token_id}; the tokenizer does not belong to these weights")
+    return ids
+
+
 def resolve_checkpoint(name_or_path: str) -> Path:
     """A local directory for ``name_or_path``: itself, or the Hub snapshot of that id (safetensors only)."""
     path = Path(name_or_path)
@@ -151,23 +183,33 @@ def load_pairrm(name_or_path: str, device: str = "cpu", dtype: torch.dtype = tor
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE} (PairRM weights are loaded from safetensors)")
     config = DebertaV2Config.from_pretrained(str(directory))
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    model = PairRMModel(config, prefix_token_ids(tokenizer))
+    model = PairRMModel(config, checked_prefix_ids(config, tokenizer, str(directory)))
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
+    # older transformers saved the position-id buffer; it is rebuilt from the config
     missing = [key for key in missing if not key.endswith("position_ids")]
+    unexpected = [key for key in unexpected if not key.endswith("position_ids")]
     if missing or unexpected:
         raise ValueError(f"{weights}: not a PairRM checkpoint (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 
 def save_pairrm(model: PairRMModel, tokenizer: Any, path: str | Path) -> Path:
-    """Save ``model`` and ``tokenizer`` in the PairRM-hf layout (config.json, model.safetensors, tokenizer)."""
+    """Save ``model`` and ``tokenizer`` in the PairRM-hf layout (config.json, model.safetensors, tokenizer).
+
+    The config carries every attribute llm-blender's ``DebertaV2PairRM`` reads, so that class loads it too.
+    """
     from safetensors.torch import save_file
 
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
-    config.update(source_prefix_id=model.source_id, cand1_prefix_id=model.cand1_id, cand2_prefix_id=model.cand2_id)
+    candidate_id = tokenizer.convert_tokens_to_ids(CANDIDATE_TOKEN)
+    config.update(source_prefix_id=model.source_id, cand1_prefix_id=model.cand1_id, cand2_prefix_id=model.cand2_id,
+                  cand_prefix_id=None if candidate_id == tokenizer.unk_token_id else candidate_id,
+                  sep_token_id=tokenizer.sep_token_id, n_tasks=int(getattr(model.config, "n_tasks", 1)),
+                  drop_out=float(getattr(model.config, "drop_out", DEFAULT_DROPOUT)),
+                  architectures=["DebertaV2PairRM"])
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
     state = {key: value.contiguous() for key, value in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))

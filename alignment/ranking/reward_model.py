@@ -1,8 +1,12 @@
 """``ranker=reward_model``: any ``AutoModelForSequenceClassification`` reward model, one score per response.
 
-The conversation plus the response is formatted with the tokenizer's chat template when it has one (the
-response as the final assistant turn), else as ``prompt + "\\n\\n" + response``. Inputs longer than
-``max_tokens`` keep their first tokens and are counted as truncated.
+``encoding="training"`` (the default) gives the model exactly the ids reward-model training gives it
+(:mod:`alignment.train.reward` on ``alignment.data.tokenize`` pairs): the prompt rendered with the chat template
+and its generation prompt (the plain ``User: ...`` fallback without a template), then the response ids and one
+EOS; an input longer than ``max_tokens`` is cut as training cuts it (oldest prompt tokens first, then the end of
+the response) and counted as truncated. ``encoding="chat_template"`` renders the whole conversation with the
+response as the final assistant turn (the format of reward models trained that way, e.g. on the Hub) and keeps
+the first ``max_tokens`` tokens.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ from typing import Any
 
 import torch
 
+from alignment.data.rows import SFTRow
+from alignment.data.tokenize import tokenize_sft
 from alignment.ranking.base import CandidateGroup, GroupScores, Ranker
 from alignment.ranking.pairrm import DTYPES, default_device
+
+ENCODINGS = ("training", "chat_template")
 
 
 class RewardModelRanker(Ranker):
@@ -22,11 +30,13 @@ class RewardModelRanker(Ranker):
     name = "reward_model"
 
     def __init__(self, name_or_path: str, batch_size: int = 16, device: str | None = None, dtype: str = "float32",
-                 max_tokens: int = 2048):
+                 max_tokens: int = 2048, encoding: str = "training"):
         super().__init__()
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.path, self.batch_size, self.max_tokens = name_or_path, batch_size, max_tokens
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding={encoding!r}; expected one of {', '.join(ENCODINGS)}")
+        self.path, self.batch_size, self.max_tokens, self.encoding = name_or_path, batch_size, max_tokens, encoding
         self.device = default_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=DTYPES[dtype],
@@ -35,10 +45,13 @@ class RewardModelRanker(Ranker):
 
     def describe(self) -> dict[str, Any]:
         return {"ranker": self.name, "model": self.path, "device": self.device, "max_tokens": self.max_tokens,
-                "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
+                "encoding": self.encoding, "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
 
     def encode(self, messages: Sequence[dict[str, str]], prompt: str, response: str) -> list[int]:
-        """Token ids of the conversation ending with ``response`` (cut to ``max_tokens``)."""
+        """Token ids of ``response`` to the conversation ``messages`` (``prompt`` as a user turn when there are
+        no messages), in this ranker's encoding, cut to ``max_tokens``."""
+        if self.encoding == "training":
+            return self._training_ids(messages, prompt, response)
         if getattr(self.tokenizer, "chat_template", None):
             conversation = [dict(m) for m in messages] + [{"role": "assistant", "content": response}]
             encoded: Any = self.tokenizer.apply_chat_template(conversation, tokenize=True)
@@ -50,10 +63,22 @@ class RewardModelRanker(Ranker):
             ids = ids[:self.max_tokens]
         return [int(i) for i in ids]
 
+    def _training_ids(self, messages: Sequence[dict[str, str]], prompt: str, response: str) -> list[int]:
+        """Prompt ids + response ids + EOS exactly as ``alignment.data.tokenize`` builds a training sequence."""
+        conversation = tuple(dict(m) for m in messages) or ({"role": "user", "content": prompt},)
+        tokenized = tokenize_sft(self.tokenizer, SFTRow(id="", messages=conversation, response=response),
+                                 max_length=self.max_tokens)
+        if tokenized is None:  # unreachable for max_tokens >= 2: the prompt is cut first
+            raise ValueError(f"max_tokens={self.max_tokens} leaves no room for the response")
+        self.counts["truncated_inputs"] += int(tokenized.truncated)
+        return list(tokenized.input_ids)
+
     @torch.inference_mode()
     def score_ids(self, rows: Sequence[Sequence[int]]) -> list[float]:
-        """Reward of each encoded input (right-padded; the model finds the last real token from the mask)."""
-        pad = self.tokenizer.pad_token_id
+        """Reward of each encoded input, right-padded with the model's pad id (its head reads each row's last
+        token that is not the pad id)."""
+        pad = getattr(self.model.config, "pad_token_id", None)
+        pad = pad if pad is not None else self.tokenizer.pad_token_id
         pad = pad if pad is not None else 0
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
