@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignment.fileio import user_cache_dir
+
 ROW_ID_HEX_CHARS = 16
 
 
@@ -105,12 +107,8 @@ def reset_hash_memo() -> None:
 
 
 def hash_cache_dir() -> Path:
-    """``$ALIGNMENT_CACHE_DIR``, else ``$XDG_CACHE_HOME/alignment``, else ``~/.cache/alignment``."""
-    if explicit := os.environ.get("ALIGNMENT_CACHE_DIR"):
-        return Path(explicit)
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg) / "alignment"
-    return Path.home() / ".cache" / "alignment"
+    """Where the file-hash cache lives: :func:`alignment.fileio.user_cache_dir`."""
+    return user_cache_dir()
 
 
 HASH_CACHE_FORMAT = "file_sha256/1"

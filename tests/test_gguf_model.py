@@ -24,9 +24,11 @@ from alignment.data.tokenize import preview, render_prompt, tokenize_sft
 from alignment.generation.base import BackendOptions, SamplingSettings, chat_prompt_ids
 from alignment.generation.hf_backend import HFBackend
 from alignment.generation.sources import ModelSource
+from alignment.hashing import file_hash_reads, sha256_file
 from alignment.models import gguf as gguf_convert
 from alignment.models import gguf_cache
-from alignment.models.gguf import load_gguf_tokenizer, resolve_gguf
+from alignment.models.gguf import load_gguf_tokenizer
+from alignment.models.gguf_files import resolve_gguf
 from alignment.models.gguf_cache import (
     MARKER,
     PROVENANCE,
@@ -129,25 +131,19 @@ def install(monkeypatch: pytest.MonkeyPatch, converter: FakeConverter) -> FakeCo
 def test_provision_converts_once_then_reuses_without_rehashing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                                fake_gguf: Path) -> None:
     converter = install(monkeypatch, FakeConverter())
-    hashed: list[Path] = []
-    real_sha = gguf_cache.sha256_file
-
-    def counting_sha(path: Path) -> str:
-        hashed.append(path)
-        return real_sha(path)
-
-    monkeypatch.setattr(gguf_cache, "sha256_file", counting_sha)
+    stat = fake_gguf.stat()  # written long enough ago that its hash may be cached (not a racy fresh file)
+    os.utime(fake_gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**10))
+    reads = file_hash_reads()
     first = provision_gguf_model(fake_gguf, tmp_path / "cache", progress=False)
     second = provision_gguf_model(fake_gguf, tmp_path / "cache", progress=False)
-    assert first == second and len(converter.calls) == 1 and len(hashed) == 1
-    sha = real_sha(fake_gguf)
+    assert first == second and len(converter.calls) == 1 and file_hash_reads() - reads == 1
+    sha = sha256_file(fake_gguf, use_cache=False)
     assert first == tmp_path / "cache" / "models" / f"tiny.Q4_1-{sha[:16]}"
     assert (first / MARKER).is_file() and json.loads((first / "config.json").read_text()) == {"from": fake_gguf.name}
     provenance = json.loads((first / PROVENANCE).read_text())
     assert provenance["sha256"] == sha and provenance["gguf_file"] == "tiny.Q4_1.gguf"
     assert provenance["source_package"] is None and provenance["versions"]["transformers"]
-    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, f"{first.name}.lock",
-                                                                     gguf_cache.SHA_CACHE])
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, f"{first.name}.lock"])
 
 
 def test_the_key_follows_the_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_gguf: Path) -> None:
@@ -164,7 +160,7 @@ def test_the_key_follows_the_content(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     os.utime(fake_gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # same size; a later write
     flipped = provision_gguf_model(fake_gguf, tmp_path / "cache", progress=False)
     assert flipped != original and flipped.parent == original.parent and len(converter.calls) == 2
-    new_sha = gguf_sha256(fake_gguf, tmp_path / "cache" / "models" / gguf_cache.SHA_CACHE)
+    new_sha = gguf_sha256(fake_gguf)
     assert new_sha == json.loads((flipped / PROVENANCE).read_text())["sha256"] and flipped.name.endswith(new_sha[:16])
 
 

@@ -158,7 +158,7 @@ def test_an_unwritable_cache_directory_only_warns(tmp_path, monkeypatch):
 
 
 def test_directory_fingerprint_equals_the_artifact_input_fingerprint_and_tracks_content(tmp_path):
-    from alignment.artifacts import input_fingerprint
+    from pipeline.artifacts import input_fingerprint
 
     model = tmp_path / "model"
     (model / "sub").mkdir(parents=True)

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+from alignment.world.tiny_model import build_tiny_model, save_model_dir
+from alignment.world.tokenizer import train_tokenizer
 from transformers import AutoModelForSequenceClassification
 
 from alignment.data.collate import collate_preference
@@ -17,8 +19,6 @@ from alignment.data.rows import PreferenceRow
 from alignment.data.tokenize import TokenizedPair, tokenize_preference
 from alignment.models.loading import LoraSpec, load_tokenizer
 from alignment.models.reward import build_reward_model, save_reward_model
-from alignment.models.tiny import build_tiny_model, save_model_dir
-from alignment.models.tokenizer import train_tokenizer
 from alignment.ranking.base import CandidateGroup
 from alignment.ranking.reward_model import RewardModelRanker
 from alignment.train.reward import pair_rewards, sequence_rewards

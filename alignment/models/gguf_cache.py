@@ -5,7 +5,9 @@ Layout under the cache root (:func:`default_cache_root`)::
     models/
       <file stem>-<sha256[:16]>/     converted directory: weights, config, tokenizer, provenance.json, .complete
       <file stem>-<sha256[:16]>.lock an exclusive lock held while converting
-      gguf-sha256.json               sha256 of each GGUF path, valid while its size, mtime and inode are unchanged
+
+The GGUF file's sha256 goes through the per-user file-hash cache (:func:`alignment.hashing.sha256_file`), so a
+reuse does not re-read the file.
 
 A conversion is written into a temporary sibling directory, gets ``provenance.json`` and the completion marker,
 and only then is renamed into place; so a reader finds a complete directory or none. A directory without the
@@ -27,15 +29,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import directory_lock, set_aside
+from alignment.fileio import directory_lock, set_aside, user_cache_dir, write_json_atomic
 from alignment.hashing import sha256_file
 from alignment.models import gguf as gguf_convert
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "ALIGNMENT_CACHE_DIR"
 MODELS_SUBDIR = "models"
-SHA_CACHE = "gguf-sha256.json"
 MARKER = ".complete"
 PROVENANCE = "provenance.json"
 KEY_HEX_CHARS = 16
@@ -43,13 +43,8 @@ _VERSIONED_PACKAGES = ("transformers", "gguf", "torch", "safetensors", "tokenize
 
 
 def default_cache_root() -> Path:
-    """``$ALIGNMENT_CACHE_DIR``, else ``$XDG_CACHE_HOME/alignment``, else ``~/.cache/alignment``."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "alignment"
+    """The per-user cache directory (:func:`alignment.fileio.user_cache_dir`)."""
+    return user_cache_dir()
 
 
 def model_key(gguf: Path, sha256: str) -> str:
@@ -62,20 +57,9 @@ def is_complete(directory: Path) -> bool:
     return (Path(directory) / MARKER).is_file()
 
 
-def gguf_sha256(gguf: Path, sha_cache: Path | None = None) -> str:
-    """Hex sha256 of the file's bytes. With ``sha_cache`` (a JSON file), a digest recorded for the same path,
-    size, mtime and inode is reused instead of re-reading the file, and a newly computed one is recorded."""
-    gguf = Path(gguf).resolve()
-    identity = _file_identity(gguf)
-    known = _read_sha_cache(sha_cache) if sha_cache else {}
-    entry = known.get(str(gguf))
-    if isinstance(entry, dict) and {k: entry.get(k) for k in identity} == identity and entry.get("sha256"):
-        return str(entry["sha256"])
-    digest = sha256_file(gguf)
-    if sha_cache is not None:
-        known[str(gguf)] = {**identity, "sha256": digest}
-        _write_json_atomic(sha_cache, known)
-    return digest
+def gguf_sha256(gguf: Path) -> str:
+    """Hex sha256 of the file's bytes (read once per file version, through the file-hash cache)."""
+    return sha256_file(Path(gguf).resolve())
 
 
 def provision_gguf_model(gguf: Path, cache_root: Path | None = None, progress: bool = True) -> Path:
@@ -90,7 +74,7 @@ def provision_gguf_model(gguf: Path, cache_root: Path | None = None, progress: b
         raise FileNotFoundError(f"GGUF file {gguf} does not exist")
     models = Path(cache_root if cache_root is not None else default_cache_root()) / MODELS_SUBDIR
     models.mkdir(parents=True, exist_ok=True)
-    sha = gguf_sha256(gguf, models / SHA_CACHE)
+    sha = gguf_sha256(gguf)
     final = models / model_key(gguf, sha)
     if is_complete(final):
         return final
@@ -111,7 +95,7 @@ def _convert_into_place(gguf: Path, sha: str, final: Path, progress: bool) -> No
     try:
         facts = gguf_convert.convert_gguf_to_hf(gguf, work, progress=progress)
         provenance = _provenance(gguf, sha, facts)
-        _write_json_atomic(work / PROVENANCE, provenance)
+        write_json_atomic(work / PROVENANCE, provenance)
         (work / MARKER).write_text(json.dumps({"sha256": sha}) + "\n")
         work.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be read like any directory
         os.rename(work, final)
@@ -160,29 +144,3 @@ def _version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _file_identity(path: Path) -> dict[str, int]:
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-
-
-def _read_sha_cache(path: Path) -> dict[str, Any]:
-    """The recorded digests; an unreadable cache file only costs a re-hash, so it is treated as empty."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    """Write to a unique temporary name in the same directory, then rename: concurrent writers never mix."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

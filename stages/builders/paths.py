@@ -32,7 +32,8 @@ def model_path(run: RunConfig) -> str:
     if run.model.is_world:
         return str(layout(run).world_model())
     if run.model.gguf_spec is not None:
-        from alignment.models.gguf import provision_gguf_model, resolve_gguf
+        from alignment.models.gguf_cache import provision_gguf_model
+        from alignment.models.gguf_files import resolve_gguf
 
         return str(provision_gguf_model(resolve_gguf(run.model.gguf_spec), progress=run.stage.progress))
     return run.model.name_or_path
