@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from alignment.data.formats import DataError
 from pipeline.artifacts import ArtifactError
 from stages.compose import CONFIG_DIR
 from stages.config.errors import ConfigError
@@ -42,7 +43,7 @@ def _to_run_config(cfg: DictConfig) -> RunConfig:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         dispatch(_to_run_config(cfg))
-    except (ConfigError, ArtifactError) as error:
+    except (ConfigError, ArtifactError, DataError) as error:  # user errors: one clean message, no traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -51,7 +51,7 @@ def _load(run: RunConfig, tokenizer: Any) -> dict[str, Any]:
         if not examples:
             raise ValueError(f"{result.source}: no usable {run.stage.kind} rows for data.{slot}")
         loaded[slot] = {"rows": result.rows, "examples": examples,
-                        "stats": {"source": result.source, "skipped_bad_rows": result.skipped, **stats.to_dict()}}
+                        "stats": {**result.counts(), **stats.to_dict()}}
     return loaded
 
 

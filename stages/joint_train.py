@@ -8,7 +8,6 @@ Outputs: ``model/`` (HF directory: full weights, or the LoRA adapter plus ``mode
 
 from __future__ import annotations
 
-import gc
 import shutil
 from typing import Any
 
@@ -103,10 +102,9 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
     tokenizer = load_tokenizer(ctx.inputs["policy"], run.model.trust_remote_code)
     examples, data_stats = _load_data(run, tokenizer)
     model, reference_fn, reference_kind = build_policy(run, ctx.inputs)
-    reference_fn, cache_note = cached_reference(run, ctx.inputs, examples, tokenizer, reference_fn, accelerator)
-    if cache_note:  # the frozen reference model (if any) is no longer referenced: free it now
-        reference_kind = f"{reference_kind}; {cache_note}"
-        gc.collect()
+    reference_fingerprint = ctx.fingerprints.get("reference", ctx.fingerprints.get("policy", ""))
+    reference_fn, cache = cached_reference(run, reference_fingerprint, examples, tokenizer, reference_fn,
+                                           accelerator)
     components, streams, preference = build_components(run, ctx.inputs, examples, tokenizer, reference_fn,
                                                        accelerator)
     best = optima(run)
@@ -141,7 +139,11 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
                         ideal=(best.get("sft"), best.get("preference")),
                         title=f"{run.objective.name} (λ={run.objective.lambd}, loss={run.loss.name})")
         outputs.append(Files.LOSS_SPACE_PLOT)
+        if cache is not None:
+            reference_kind = f"{reference_kind}; {cache.describe()}"
         metrics = _summary(result, data_stats, reference_kind, accelerator.num_processes)
+        if cache is not None:
+            metrics["reference_cache"] = cache.report()
         if "data.eval_tasks" in ctx.inputs:
             metrics.update(verifier_report(ctx.inputs["data.eval_tasks"], str(ctx.work_dir / Files.MODEL),
                                            ctx.inputs["policy"]))

@@ -6,8 +6,6 @@ the same batches, are reused by later instances and ranks, and survive torn shar
 
 from __future__ import annotations
 
-import gc
-import weakref
 from functools import partial
 
 import pytest
@@ -95,38 +93,24 @@ def test_two_different_pairs_with_one_id_are_refused():
         unique_pairs([pair, clash])
 
 
-def test_training_with_the_cache_equals_a_live_reference_and_frees_it(world_run_dir, monkeypatch):
-    import alignment.models.loading as loading
-    import alignment.train.ref_cache as ref_cache
+def test_training_with_the_lazy_cache_equals_live_and_eager_and_a_second_run_computes_nothing(world_run_dir):
     from tests.test_joint_train import assert_same_training, train
 
-    copies: list[weakref.ref] = []
-    original_copy = loading.frozen_copy
-
-    def tracked_copy(model):
-        copy = original_copy(model)
-        copies.append(weakref.ref(copy))
-        return copy
-
-    monkeypatch.setattr(loading, "frozen_copy", tracked_copy)
     steps = ("objective=preference", "stage.train.max_steps=3", "stage.train.eval_every=3")
-    live, cached = world_run_dir("live"), world_run_dir("cached")
+    live, lazy, eager = world_run_dir("live"), world_run_dir("lazy"), world_run_dir("eager")
     train(live, *steps)
-    manifest = train(cached, *steps, "stage.train.ref_cache=true")
-    assert "computed cache" in manifest["metrics"]["reference"]
-    gc.collect()
-    assert len(copies) == 2 and copies[1]() is None  # the frozen reference of the cached run was freed
-    assert_same_training(live, cached, tol=1e-5)
-    assert len(list((cached / "cache" / "ref_logps").glob("*.safetensors"))) == 1
-
-    def no_recompute(*args, **kwargs):
-        raise AssertionError("the cache should have been reused")
-
-    monkeypatch.setattr(ref_cache, "compute_reference_table", no_recompute)
-    again = train(cached, *steps, "stage.train.ref_cache=true", "stage.train.prefix_sharing=true", "force=true")
-    assert "reused cache" in again["metrics"]["reference"]
-    assert read_manifest(stage_dir(cached, 0, "joint_train"))["metrics"]["eval/pref_loss"] == pytest.approx(
-        manifest["metrics"]["eval/pref_loss"], abs=1e-4)
+    first = train(lazy, *steps, "stage.train.ref_cache=true")["metrics"]
+    assert "lazy reference log-probs" in first["reference"]
+    assert_same_training(live, lazy, tol=1e-5)
+    every = train(eager, *steps, "stage.train.ref_cache=true", "stage.train.ref_cache_eager=true")["metrics"]
+    assert_same_training(lazy, eager, tol=1e-5)  # lazy and eager: the same losses and weights
+    # lazily, only the pairs of 3 training batches and of the held-out batches were computed
+    assert 0 < first["reference_cache"]["rows_computed"] < every["reference_cache"]["rows_computed"]
+    again = train(lazy, *steps, "stage.train.ref_cache=true", "stage.train.prefix_sharing=true", "force=true")
+    assert again["metrics"]["reference_cache"]["rows_computed"] == 0
+    assert again["metrics"]["reference_cache"]["rows_reused"] == first["reference_cache"]["rows_computed"]
+    assert read_manifest(stage_dir(lazy, 0, "joint_train"))["metrics"]["eval/pref_loss"] == pytest.approx(
+        first["eval/pref_loss"], abs=1e-4)
 
 
 # ---- lazy store: rows computed when first used, appended as shards, reused by later instances ----

@@ -5,18 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from alignment.data.readers import ReadResult, read_rows
-from alignment.data.tokenize import TokenizeStats, tokenize_dataset
+from alignment.data.tokenize import tokenize_dataset
 from stages.builders.paths import dataset_path
 from stages.config.run_config import RunConfig
 from stages.config.sections import DatasetSpec
 
 
 def load_rows(run: RunConfig, spec: DatasetSpec, kind: str) -> ReadResult:
-    """Rows of ``kind`` from ``spec`` (bad rows raise, or are skipped and counted with ``data.on_bad_row=skip``)."""
+    """Rows of ``kind`` from ``spec``: bad rows raise, or are skipped and counted with ``data.on_bad_row=skip``;
+    pairs whose two responses are the same are dropped and counted; duplicate rows are counted (and dropped with
+    ``data.duplicates=drop``)."""
     result = read_rows(dataset_path(run, spec), kind=kind, split=spec.split, on_bad_row=run.data.on_bad_row,
-                       max_rows=spec.max_rows)
+                       max_rows=spec.max_rows, duplicates=run.data.duplicates)
     if result.skipped:
         print(f"[data] {result.source}: skipped {result.skipped} bad row(s), e.g. {result.skip_reasons[:3]}")
+    if result.degenerate_pairs:
+        print(f"[data] {result.source}: dropped {result.degenerate_pairs} pair(s) whose chosen and rejected "
+              f"responses are the same")
+    if result.duplicate_rows:
+        action = "dropped" if run.data.duplicates == "drop" else "kept (data.duplicates=drop drops them)"
+        print(f"[data] {result.source}: {result.duplicate_rows} duplicate row(s) {action}")
     return result
 
 
@@ -28,8 +36,4 @@ def load_tokenized(run: RunConfig, spec: DatasetSpec, kind: str, tokenizer: Any)
     if stats.dropped_empty_after_truncation:
         print(f"[data] {result.source}: dropped {stats.dropped_empty_after_truncation} row(s) whose response would "
               f"be empty after truncation to {run.data.max_length} tokens")
-    return examples, {"source": result.source, "skipped_bad_rows": result.skipped, **_stats(stats)}
-
-
-def _stats(stats: TokenizeStats) -> dict[str, Any]:
-    return stats.to_dict()
+    return examples, {**result.counts(), **stats.to_dict()}

@@ -153,39 +153,33 @@ def preference_collate(run: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
     return WithIds(partial(collate_preference, pad_id=_pad_id(tokenizer))), None
 
 
-def cached_reference(run: RunConfig, inputs: dict[str, str], examples: dict[str, list[Any]], tokenizer: Any,
-                     reference_fn: Any, accelerator: Any) -> tuple[Any, str | None]:
-    """With ``stage.train.ref_cache`` and a paired loss that needs a reference: reference log-probs of every
-    train and eval pair, read from (or computed once into) ``{run_dir}/cache/ref_logps/<key>.safetensors``.
+def cached_reference(run: RunConfig, reference_fingerprint: str, examples: dict[str, list[Any]], tokenizer: Any,
+                     reference_fn: Any, accelerator: Any) -> tuple[Any, Any]:
+    """With ``stage.train.ref_cache`` and a paired loss that needs a reference: reference log-probs read from
+    ``{run_dir}/cache/ref_logps/<key>/``, computed the first time a batch uses a row and appended there, so a run
+    pays reference forwards only for the rows it uses and later runs and rounds reuse them
+    (``stage.train.ref_cache_eager`` computes every train and eval pair up front instead).
 
-    Returns the cached reference function and a note for the manifest, or ``(reference_fn, None)`` unchanged.
-    The caller drops ``reference_fn`` afterwards, which frees a frozen reference model.
+    Returns the reference function to train with and the cache (None without one), whose ``report()`` and
+    ``describe()`` go to the manifest.
     """
     from alignment.losses import LossType
-    from alignment.train.ref_cache import (
-        CachedReference,
-        cache_key,
-        compute_reference_table,
-        load_or_build,
-        tokenizer_fingerprint,
-    )
-    from pipeline.artifacts import input_fingerprint
+    from alignment.train.ref_cache import tokenizer_fingerprint
+    from alignment.train.ref_store import LazyCachedReference, ShardStore, store_key
 
-    loss = LossType(run.loss.name)
-    if not run.stage.train.ref_cache or reference_fn is None or not loss.paired:
+    train = run.stage.train
+    if not train.ref_cache or reference_fn is None or not LossType(run.loss.name).paired:
         return reference_fn, None
     pairs = list(examples["preference"]) + list(examples["preference_eval"])
-    source = inputs.get("reference", inputs["policy"])
     settings = {"dtype": run.model.dtype, "attn": attention_kernel(run),
                 "max_length": run.data.max_length, "truncation": run.data.truncation}
-    key = cache_key(input_fingerprint(source), tokenizer_fingerprint(tokenizer), pairs, settings)
-    collate = preference_collate(run, tokenizer)[0]
-    with accelerator.main_process_first():  # rank 0 computes and writes; the others then read the file
-        table, reused = load_or_build(
-            layout(run).cache_dir(REF_LOGPS_CACHE), key,
-            lambda: compute_reference_table(reference_fn, pairs, run.stage.train.pref_batch_size, collate))
-    note = f"cached reference log-probs ({'reused' if reused else 'computed'} cache {key})"
-    return CachedReference(table), note
+    key = store_key(reference_fingerprint, tokenizer_fingerprint(tokenizer), settings)
+    store = ShardStore(layout(run).cache_dir(REF_LOGPS_CACHE), key, writer=f"rank{accelerator.process_index}")
+    cache = LazyCachedReference(reference_fn, store, pairs, preference_collate(run, tokenizer)[0])
+    if train.ref_cache_eager:
+        with accelerator.main_process_first():  # rank 0 computes; the others then find the rows stored
+            cache.prefetch(pairs, train.pref_batch_size, accelerator.device, progress=run.stage.progress)
+    return cache, cache
 
 
 def optima(run: RunConfig) -> dict[str, float]:

@@ -7,6 +7,7 @@ report every problem at once. Fields built with :func:`runtime` are excluded fro
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from stages.config.errors import runtime
@@ -16,6 +17,12 @@ GGUF_PREFIX = "gguf:"
 OBJECTIVE_NAMES = ("sft", "preference", "sequential", "mix", "alright", "maxright")
 COMPONENT_NAMES = ("sft", "preference", "kd")
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a filesystem path: absolute, relative with ./ ../ ~, or more than one '/'
+    (a Hub id is 'name' or 'org/name')."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
 def check_choice(problems: list[str], key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -71,6 +78,16 @@ class ModelConfig:
         problems: list[str] = []
         if not self.name_or_path:
             problems.append("model.name_or_path is empty (use 'world', a local directory or a Hub id)")
+        elif self.gguf_spec is not None:
+            from alignment.models.gguf_files import resolve_gguf
+
+            try:
+                resolve_gguf(self.gguf_spec)
+            except (OSError, ValueError) as error:
+                problems.append(f"model.name_or_path: {error}")
+        elif not self.is_world and looks_like_path(self.name_or_path) and not Path(self.name_or_path).exists():
+            problems.append(f"model.name_or_path={self.name_or_path!r}: no such directory (and not a Hub id, "
+                            "which looks like 'org/name')")
         if self.is_world:
             check_choice(problems, "model.size", self.size, ("tiny", "small"))
         check_choice(problems, "model.dtype", self.dtype, DTYPES)
@@ -117,6 +134,7 @@ class DataConfig:
     max_length: int = 256
     truncation: str = "keep_end"
     on_bad_row: str = "error"
+    duplicates: str = "keep"  # keep | drop: rows with the same id (duplicates are counted either way)
 
     def specs(self) -> dict[str, DatasetSpec]:
         """Every dataset slot by name."""
@@ -130,6 +148,7 @@ class DataConfig:
             problems.append(f"data.max_length must be >= 8 (got {self.max_length})")
         check_choice(problems, "data.truncation", self.truncation, ("keep_start", "keep_end"))
         check_choice(problems, "data.on_bad_row", self.on_bad_row, ("error", "skip"))
+        check_choice(problems, "data.duplicates", self.duplicates, ("keep", "drop"))
         for name, spec in self.specs().items():
             problems += spec.validate(f"data.{name}")
         return problems

@@ -44,6 +44,7 @@ class TrainSettings:
     # cached reference log-probs (no reference model kept during training), prefix-shared preference forward
     bucket_window: int = 1
     ref_cache: bool = runtime(False)
+    ref_cache_eager: bool = runtime(False)  # compute every pair's reference log-probs before the first step
     prefix_sharing: bool = runtime(False)
     # recompute activations in the backward pass: less memory for about one more forward per step
     gradient_checkpointing: bool = runtime(False)
@@ -108,7 +109,7 @@ class FilterConfig(StageConfig):
     """
 
     SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data.golden", "data.candidates", "data.max_length",
-                                           "data.truncation", "data.on_bad_row", "loss", "seed")
+                                           "data.truncation", "data.on_bad_row", "data.duplicates", "loss", "seed")
     name: str = "filter"
     kind: str = "sft"
     epochs: int = 1
