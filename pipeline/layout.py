@@ -81,14 +81,17 @@ def round_dir_name(round_index: int) -> str:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """The directories of one run. ``world_dir`` is the run holding the embedded world (default: this run)."""
+    """The directories of one run. ``world_dir`` is the run holding the embedded world (default: this run);
+    ``cache_root`` the directory of caches several runs may share (default: ``{run_dir}/cache``)."""
 
     run_dir: Path
     world_dir: Path | None = None
+    cache_root: Path | None = None
 
     @classmethod
-    def of(cls, run_dir: str | Path, world_dir: str | Path | None = None) -> RunLayout:
-        return cls(Path(run_dir), Path(world_dir) if world_dir else None)
+    def of(cls, run_dir: str | Path, world_dir: str | Path | None = None,
+           cache_root: str | Path | None = None) -> RunLayout:
+        return cls(Path(run_dir), Path(world_dir) if world_dir else None, Path(cache_root) if cache_root else None)
 
     def stage_dir(self, round_index: int, stage: str) -> Path:
         """``{run_dir}/round_{k:02d}/{stage}``: the directory one stage invocation owns."""
@@ -99,7 +102,7 @@ class RunLayout:
         return self.stage_dir(round_index, stage) / (name or STAGE_OUTPUT[stage])
 
     def cache_dir(self, kind: str) -> Path:
-        return self.run_dir / CACHE_DIR / kind
+        return (self.cache_root or self.run_dir / CACHE_DIR) / kind
 
     def summary_dir(self) -> Path:
         return self.run_dir / SUMMARY_DIR

@@ -1,12 +1,19 @@
-"""Trade-off between SFT and preference learning: sequential SFT→DPO, mix, ALRIGHT and MAXRIGHT on equal
-budgets, on the embedded world (default) or on ../shared/data HH-RLHF + Alpaca (``--data hh_alpaca``).
+"""Trade-off between SFT and preference learning: single objectives, sequential (both orders), mix, ALRIGHT and
+MAXRIGHT on equal optimizer-step budgets, plus linear weight interpolation of the two single-objective models.
 
-    .venv/bin/python scripts/tradeoff.py                       # world, tiny model, λ ∈ {0.25, 0.5, 0.75}
-    .venv/bin/python scripts/tradeoff.py --data hh_alpaca --steps 150
+    .venv/bin/python scripts/tradeoff.py                                   # embedded world, tiny model
+    .venv/bin/python scripts/tradeoff.py --model smollm2 --data hh_alpaca --judge runs/rm-judge/round_00/train_rm
 
-Every method gets the same number of optimizer steps from the same base model and reference. The ideal point
-(f*_SFT, f*_pref) is the best held-out loss of the single-objective runs with that budget. Prints a table,
-writes ``tradeoff.md``, ``tradeoff.json`` and the loss-space plot ``tradeoff.png`` into the run directory.
+Every method gets the same steps, batch sizes, seed and reference (the base model) from the same base. Every run
+is an artifact under ``--run-dir`` (a re-run skips complete runs and resumes a partial one), and all of them
+share one cache (reference log-probs, evaluation generations). With ``--judge`` (a reward model directory or
+train_rm artifact), each point is also evaluated: win rate of its answers to ``--instructions`` AlpacaEval
+instructions against the SFT-only model's answers (judged by the reward model), MMLU zero-shot, and for the
+interpolated models the held-out losses (trained points report their own final held-out evaluation).
+
+Distances to the ideal point (f*_SFT, f*_pref) are in the normalised loss space: each loss as
+(f − f*) / (f_base − f*), so the base model sits at (1, 1) and the ideal point at (0, 0). Writes
+``tradeoff.md``, ``tradeoff.json``, ``tradeoff.png`` (loss space) and ``winrate_time.png`` into the run directory.
 """
 
 from __future__ import annotations
@@ -14,39 +21,104 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
+import statistics
 from pathlib import Path
 from typing import Any
 
-from alignment.evaluation.plots import plot_loss_space
+from alignment.evaluation.plots import plot_loss_space, plt, save_figure
 from alignment.train.metrics_log import read_metrics
-from pipeline.layout import stage_dir
+from pipeline.layout import EVALUATE, JOINT_TRAIN, Files, stage_dir, trained_model
 from stages.compose import compose_run
 from stages.runner import run_stage
 
-METHODS = ("sequential", "mix", "alright", "maxright")
+METHODS = ("sequential", "reverse", "mix", "alright", "maxright")  # reverse: preference -> SFT
+REAL_MODEL = {"smollm2": ["model=smollm2", "model.lora.enabled=true", "stage.save_merged=true"]}
 
 
-def train(run_dir: Path, world_dir: Path, common: list[str], *overrides: str) -> dict[str, Any]:
-    run = compose_run("stage=joint_train", f"run_dir={run_dir}", f"world_dir={world_dir}", *common, *overrides)
-    started = time.perf_counter()
+def say(message: str) -> None:
+    print(f"[tradeoff] {message}", flush=True)
+
+
+def train(root: Path, name: str, common: list[str], *overrides: str) -> dict[str, Any]:
+    """One joint_train artifact (skipped when complete, resumed when partial); its metrics and eval history."""
+    run_dir = root / name
+    say(f"training {name}")
+    metrics = dict(run_stage(compose_run("stage=joint_train", f"run_dir={run_dir}", *common, *overrides))["metrics"])
+    log = read_metrics(stage_dir(run_dir, 0, JOINT_TRAIN) / Files.LOGS / Files.METRICS)
+    steps = [r for r in log if "train/step_seconds" in r]
+    per_objective: dict[str, list[float]] = {}
+    for record in steps:
+        per_objective.setdefault(str(int(record["train/objective"])), []).append(record["train/step_seconds"])
+    return {"metrics": metrics, "evals": [r for r in log if "eval/sft_loss" in r],
+            "step_seconds": {k: statistics.mean(v) for k, v in per_objective.items()},
+            "objective_steps": {k: len(v) for k, v in per_objective.items()}}
+
+
+def evaluate(root: Path, name: str, model: str, common: list[str], args: argparse.Namespace,
+             references: str, losses: bool) -> dict[str, Any]:
+    """One evaluate artifact for ``model``: with a judge, win rate against ``references`` and MMLU; held-out
+    losses when ``losses``."""
+    suites = (["win_rate", "mmlu"] if args.judge else []) + (["sft_loss", "preference"] if losses else [])
+    judged = ["stage.ranker=reward_model", f"stage.ranker_model={args.judge}",
+              f"stage.reference_outputs={references}", f"stage.max_instructions={args.instructions}",
+              f"stage.mmlu_path={args.mmlu}", "stage.mmlu_shots=[0]", f"stage.mmlu_max_rows={args.mmlu_rows}",
+              f"stage.max_new_tokens={args.max_new_tokens}", "stage.backend=vllm"] if args.judge else []
+    run = compose_run("stage=evaluate", f"run_dir={root / name}", *common, f"stage.models=[{model}]",
+                      f"stage.suites=[{','.join(suites)}]", *judged)
+    say(f"evaluating {name}")
     manifest = run_stage(run)
-    metrics = dict(manifest["metrics"])
-    metrics.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
-    evals = [r for r in read_metrics(stage_dir(run_dir, 0, "joint_train") / "logs" / "metrics.jsonl")
-             if "eval/sft_loss" in r]
-    return {"metrics": metrics, "evals": evals}
+    report = json.loads((stage_dir(root / name, 0, EVALUATE) / Files.EVAL_JSON).read_text())
+    (key,) = report["models"]
+    return {"metrics": manifest["metrics"], "results": {s: r[key] for s, r in report["results"].items()}, "key": key}
 
 
-def row(name: str, lambd: float | None, result: dict[str, Any], ideal: tuple[float, float]) -> dict[str, Any]:
-    m = result["metrics"]
-    distance = math.hypot(m["eval/sft_loss"] - ideal[0], m["eval/pref_loss"] - ideal[1])
-    return {
-        "method": name, "lambda": lambd, "sft_loss": m["eval/sft_loss"], "pref_loss": m["eval/pref_loss"],
-        "reward_acc": m["eval/reward_accuracy"], "verifier_sft": m.get("verifier/sft_families"),
-        "verifier_pref": m.get("verifier/pref_families"), "dist_ideal": distance,
-        "wall_s": m.get("train_seconds"), "s_per_step": m["seconds_per_step"],
+def normalised_distance(point: tuple[float, float], ideal: tuple[float, float], base: tuple[float, float]) -> float:
+    """Distance to the ideal point with each loss scaled by its base-to-optimum range."""
+    return math.hypot(*((p - i) / max(b - i, 1e-9) for p, i, b in zip(point, ideal, base, strict=True)))
+
+
+def row(name: str, lambd: float | None, losses: dict[str, float], ideal: tuple[float, float],
+        base: tuple[float, float], trained: dict[str, Any] | None, judged: dict[str, Any] | None) -> dict[str, Any]:
+    point = (losses["sft_loss"], losses["pref_loss"])
+    out: dict[str, Any] = {
+        "method": name, "lambda": lambd, "sft_loss": point[0], "pref_loss": point[1],
+        "reward_acc": losses.get("reward_accuracy"), "margin": losses.get("reward_margin"),
+        "dist_norm": normalised_distance(point, ideal, base),
+        "s_per_step": trained["metrics"]["seconds_per_step"] if trained else None,
+        "train_s": trained["metrics"]["train_seconds"] if trained else 0.0,
     }
+    if judged is not None:
+        win = judged["results"].get("win_rate", {})
+        out.update(win_rate=(win.get("win_rate") or {}).get("value"), win_low=(win.get("win_rate") or {}).get("low"),
+                   win_high=(win.get("win_rate") or {}).get("high"), words=win.get("mean_output_words"),
+                   mmlu=(judged["results"].get("mmlu", {}).get("0_shot", {}).get("accuracy") or {}).get("value"))
+    return out
+
+
+def trained_losses(result: dict[str, Any]) -> dict[str, float]:
+    final = result["evals"][-1]
+    return {"sft_loss": final["eval/sft_loss"], "pref_loss": final["eval/pref_loss"],
+            "reward_accuracy": final["eval/reward_accuracy"], "reward_margin": final["eval/reward_margin"]}
+
+
+def judged_losses(judged: dict[str, Any]) -> dict[str, float]:
+    sft, pref = judged["results"]["sft_loss"], judged["results"]["preference"]
+    return {"sft_loss": sft["sft_loss"], "pref_loss": pref["pref_loss"],
+            "reward_accuracy": pref["reward_accuracy"]["value"], "reward_margin": pref["reward_margin"]}
+
+
+def cost_ratios(results: dict[str, dict[str, Any]], lambd: float) -> dict[str, float]:
+    """Seconds per step of each method over what its own mix of SFT and preference steps costs at sequential's
+    seconds per step of each objective (mix: per step, both objectives every step)."""
+    sequential = results[f"sequential-{lambd}"]["step_seconds"]
+    ratios = {}
+    for method in ("alright", "maxright", "mix"):
+        result = results[f"{method}-{lambd}"]
+        spent = sum(result["step_seconds"][k] * n for k, n in result["objective_steps"].items())
+        expected = sum(sequential[k] * n for k, n in result["objective_steps"].items() if k in sequential)
+        ratios[method] = spent / expected if method != "mix" else result["metrics"]["seconds_per_step"] / (
+            statistics.mean(sequential.values()))
+    return ratios
 
 
 def fmt(value: Any) -> str:
@@ -56,51 +128,125 @@ def fmt(value: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    headers = list(rows[0])
+    headers = list(dict.fromkeys(h for r in rows for h in r))
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(r[h]) for h in headers) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(fmt(r.get(h)) for h in headers) + " |" for r in rows])
+
+
+def plot_win_rate_vs_time(rows: list[dict[str, Any]], path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for r in rows:
+        if r.get("win_rate") is not None:
+            axes.scatter(r["train_s"] / 60, r["win_rate"], label=f"{r['method']} {fmt(r['lambda'])}")
+    axes.axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes.set_xlabel("training time (min)")
+    axes.set_ylabel("win rate vs SFT-only answers")
+    axes.legend(fontsize=7, ncol=2)
+    save_figure(figure, path)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default="runs/tradeoff", type=Path)
+    parser.add_argument("--data", default="world", choices=["world", "hh_alpaca"])
+    parser.add_argument("--model", default="tiny", choices=["tiny", "small", "smollm2"])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=0, help="0: steps // 10")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--alphas", type=float, nargs="*", default=[0.25, 0.5, 0.75],
+                        help="weight interpolation: alpha·SFT-only + (1-alpha)·preference-only")
+    parser.add_argument("--world", default="default", help="world config (ci for a quick check)")
+    parser.add_argument("--judge", default="", help="reward model judging win rates; empty: losses only")
+    parser.add_argument("--instructions", type=int, default=100)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--mmlu", default="../shared/data/mmlu")
+    parser.add_argument("--mmlu-rows", type=int, default=300)
+    parser.add_argument("--references", default="../shared/data/alpaca_eval/eval_set.jsonl",
+                        help="instructions (and the SFT-only model's references) for the win rates")
+    parser.add_argument("--nll-weight", type=float, default=None,
+                        help="loss.nll_weight for training and evaluation (default: the loss config's)")
+    parser.add_argument("overrides", nargs="*", help="extra alignment_run overrides for every training run")
+    return parser.parse_args()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/tradeoff")
-    parser.add_argument("--data", default="world", choices=["world", "hh_alpaca"])
-    parser.add_argument("--model", default="tiny", choices=["tiny", "small"])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.25, 0.5, 0.75])
-    parser.add_argument("--world", default="default", help="world config (ci for a quick check)")
-    parser.add_argument("overrides", nargs="*", help="extra alignment_run overrides for every run")
-    args = parser.parse_args()
-
-    root = Path(args.run_dir)
-    world_dir = root / "world"
-    common = [f"data={args.data}", f"model={args.model}", f"world={args.world}", "stage.progress=false",
-              f"stage.train.max_steps={args.steps}", f"stage.train.eval_every={max(1, args.steps // 10)}",
+    args = parse_args()
+    root = args.run_dir
+    model = REAL_MODEL.get(args.model, [f"model={args.model}", f"world={args.world}", f"world_dir={root / 'world'}"])
+    shared = [f"data={args.data}", *model, f"cache_dir={root / 'cache'}", "stage.progress=false"]
+    if args.nll_weight is not None:
+        shared.append(f"loss.nll_weight={args.nll_weight}")
+    common = [*shared, f"stage.train.max_steps={args.steps}",
+              f"stage.train.eval_every={args.eval_every or max(1, args.steps // 10)}", "stage.log_every=1",
               *args.overrides]
-    single = {name: train(root / f"single-{name}", world_dir, common, f"objective={name}")
-              for name in ("sft", "preference")}
-    ideal = (single["sft"]["metrics"]["eval/sft_loss_best"], single["preference"]["metrics"]["eval/pref_loss_best"])
-    rows = [row(f"only {name}", None, result, ideal) for name, result in single.items()]
-    trajectories = {f"only {name}": result["evals"] for name, result in single.items()}
-    optima = [f"objective.sft_opt={ideal[0]}", f"objective.dpo_opt={ideal[1]}"]
+    results = {f"only-{name}": train(root, f"only-{name}", common, f"objective={name}") for name in ("sft", "preference")}
+    ideal = (results["only-sft"]["metrics"]["eval/sft_loss_best"],
+             results["only-preference"]["metrics"]["eval/pref_loss_best"])
+    start = results["only-sft"]["evals"][0]
+    base = (start["eval/sft_loss"], start["eval/pref_loss"])
+    optima = f"objective.optima_from=[{stage_dir(root / 'only-sft', 0, JOINT_TRAIN)},"\
+             f"{stage_dir(root / 'only-preference', 0, JOINT_TRAIN)}]"
     for lambd in args.lambdas:
         for method in METHODS:
-            extra = [f"objective.split_fraction={1 - lambd}"] if method == "sequential" else []
-            result = train(root / f"{method}-{lambd}", world_dir, common, f"objective={method}",
-                           f"objective.lambd={lambd}", *optima, *extra)
-            rows.append(row(method, lambd, result, ideal))
-            trajectories[f"{method} λ={lambd}"] = result["evals"]
+            order = {"sequential": ["objective=sequential", f"objective.split_fraction={1 - lambd}"],
+                     "reverse": ["objective=sequential", "objective.reverse=true", f"objective.split_fraction={lambd}"]}
+            results[f"{method}-{lambd}"] = train(root, f"{method}-{lambd}", common, *order.get(
+                method, [f"objective={method}"]), f"objective.lambd={lambd}", optima)
+    sft_model, pref_model = (trained_model(stage_dir(root / f"only-{n}", 0, JOINT_TRAIN)) for n in ("sft", "preference"))
+    points = {name: str(trained_model(stage_dir(root / name, 0, JOINT_TRAIN))) for name in results}
+    for alpha in args.alphas:
+        out = root / f"interpolate-{alpha}" / "model"
+        if not out.is_dir():
+            from alignment.models.interpolate import interpolate_models
+
+            say(f"interpolating {alpha}·SFT-only + {1 - alpha:.2f}·preference-only")
+            interpolate_models(sft_model, pref_model, alpha, out)
+        points[f"interpolate-{alpha}"] = str(out)
+    judged: dict[str, dict[str, Any]] = {}
+    sft_answers = args.references
+    if args.judge:
+        judged["only-sft"] = evaluate(root, "eval-only-sft", points["only-sft"], shared, args, args.references, False)
+        sft_answers = str(stage_dir(root / "eval-only-sft", 0, EVALUATE) / Files.ALPACA_EVAL
+                          / judged["only-sft"]["key"] / Files.MODEL_OUTPUTS)
+    for name, path in points.items():
+        if name != "only-sft" and (args.judge or name.startswith("interpolate")):
+            judged[name] = evaluate(root, f"eval-{name}", path, shared, args, sft_answers,
+                                    name.startswith("interpolate"))
+    rows = []
+    for name in points:
+        trained = results.get(name)
+        losses = trained_losses(trained) if trained else judged_losses(judged[name]) if name in judged else None
+        if losses is None:
+            continue
+        method, _, lambd = name.rpartition("-")
+        label = name if name.startswith("only") else method
+        rows.append(row(label, None if name.startswith("only") else float(lambd), losses, ideal, base, trained,
+                        judged.get(name)))
+    report(root, args, rows, results, ideal, base)
+
+
+def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], results: dict[str, Any],
+           ideal: tuple[float, float], base: tuple[float, float]) -> None:
     text = table(rows)
-    print(f"\nideal point (f*_SFT, f*_pref) = ({ideal[0]:.3f}, {ideal[1]:.3f}); {args.steps} steps per run\n")
-    print(text)
+    ratios = {lambd: cost_ratios(results, lambd) for lambd in args.lambdas}
+    lines = [f"ideal point (f*_SFT, f*_pref) = ({ideal[0]:.4f}, {ideal[1]:.4f}); base model ({base[0]:.4f}, "
+             f"{base[1]:.4f}); {args.steps} optimizer steps per method", "", text, ""]
+    for lambd, ratio in ratios.items():
+        lines.append(f"λ={lambd}: time per step over sequential's, per objective step: "
+                     + ", ".join(f"{m} {v:.3f}×" for m, v in ratio.items()))
+    for method in METHODS:
+        values = [r["dist_norm"] for r in rows if r["method"] == method]
+        if values:
+            lines.append(f"mean normalised distance to the ideal point, {method}: {statistics.mean(values):.3f}")
+    print("\n".join(lines), flush=True)
+    (root / "tradeoff.md").write_text("\n".join(lines) + "\n")
+    (root / "tradeoff.json").write_text(json.dumps({"ideal": ideal, "base": base, "rows": rows,
+                                                    "cost_ratios": ratios}, indent=1))
+    trajectories = {f"{n.rpartition('-')[0]} λ={n.rpartition('-')[2]}" if not n.startswith("only") else n: r["evals"]
+                    for n, r in results.items()}
     plot_loss_space(trajectories, root / "tradeoff.png", ideal=ideal,
                     title=f"{args.data}, {args.model}, {args.steps} steps per method")
-    (root / "tradeoff.md").write_text(text + "\n")
-    (root / "tradeoff.json").write_text(json.dumps({"ideal": ideal, "rows": rows}, indent=1))
-    by_method = {m: [r["dist_ideal"] for r in rows if r["method"] == m] for m in METHODS}
-    summary = ", ".join(f"{m} {sum(v) / len(v):.3f}" for m, v in by_method.items())
-    print(f"\nmean distance to the ideal point: {summary}  (plot: {root / 'tradeoff.png'})")
+    plot_win_rate_vs_time(rows, root / "winrate_time.png")
 
 
 if __name__ == "__main__":

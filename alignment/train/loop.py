@@ -202,7 +202,8 @@ class JointTrainer:
             if self.schedule.wants_refresh(step):
                 self._refresh()
             logged = self._train_step(step, self.schedule.plan(step))
-            self.train_seconds += time.perf_counter() - began
+            logged["train/step_seconds"] = time.perf_counter() - began  # MAXRIGHT's refresh included
+            self.train_seconds += logged["train/step_seconds"]
             step += 1
             bar.update(1)
             if step % settings.log_every == 0 or step == settings.max_steps:

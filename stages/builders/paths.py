@@ -13,8 +13,9 @@ from stages.config.sections import DatasetSpec
 
 
 def layout(run: RunConfig) -> RunLayout:
-    """The directories of ``run`` (its embedded world may live in another run: ``world_dir``)."""
-    return RunLayout.of(run.run_dir, run.world_dir or None)
+    """The directories of ``run`` (its embedded world may live in another run: ``world_dir``; its caches may be
+    shared with other runs: ``cache_dir``)."""
+    return RunLayout.of(run.run_dir, run.world_dir or None, run.cache_dir or None)
 
 
 def dataset_path(run: RunConfig, spec: DatasetSpec) -> str:

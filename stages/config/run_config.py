@@ -36,6 +36,9 @@ class RunConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     run_dir: str = "runs/default"
     world_dir: str = ""  # run directory holding the embedded world (round_00/prepare); empty: run_dir itself
+    # caches content-keyed by what they hold (reference log-probs, evaluation generations), so runs may share
+    # one: e.g. every run of a sweep; empty: {run_dir}/cache
+    cache_dir: str = ""
     round: int = 0
     rounds: int = 1  # stage=iterate: how many rounds to run (rounds 0 .. rounds-1)
     seed: int = 0
