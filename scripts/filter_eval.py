@@ -1,19 +1,28 @@
-"""Evaluate stage=filter on the embedded world: selection quality, downstream SFT, cost.
+"""Does golden-set selection (stage=filter) beat random? Selection quality against known noise, its cost against
+one SFT epoch over the pool, and the downstream SFT models.
 
-Runs the filter, then joint_train ``objective=sft`` on the filtered rows, on all candidates and on a random
-subset of the same size, and prints one table: AUROC, precision/recall of the kept rows, verifier accuracy of
-each downstream model, times, and the cost ratio filter time / one SFT epoch over the pool (target <= 2.5x). The
-benchmark line times both in this process, interleaved (``--bench-reps``); the ratio of the stage processes'
-own times is printed too, but on a shared machine it moves with the load of other jobs.
+World mode (default): the embedded world's candidate pool, whose noise the world labels::
 
-Example: ``python scripts/filter_eval.py --run-dir runs/filter_eval --world ci --train-steps 100``.
-Extra ``--filter key=value`` / ``--train key=value`` overrides go to the two stages, ``--world-option
-corruption=near_miss`` to every stage (the kind of noise: mismatch, the default, near_miss or mixed).
+    python scripts/filter_eval.py --run-dir runs/filter_eval --world ci --train-steps 100
+
+Real mode (``--model smollm2``): ``--pool-size`` rows of ../shared/data/alpaca_cleaned with ``--noise`` of them
+corrupted (swapped answers, truncated answers, same-topic answers, near duplicates; labels kept beside the pool in
+``pool/labels.jsonl``), the Alpaca-GPT4 rows as the golden set, SmolLM2 with LoRA as the selector (value-function
+term on), one pass; then SFT of SmolLM2 on the filtered rows, a random subset of the same size, all rows, and the
+cheap baseline (the rows with the lowest loss under a model SFT'd on the golden set), same steps and seed; held-out
+SFT loss on alpaca_gpt4/test and, with ``--judge`` (a reward model), win rates of AlpacaEval answers against the
+all-rows model's, with CIs and lengths::
+
+    python scripts/filter_eval.py --model smollm2 --run-dir runs/filter_real --judge DIR
+
+Each step is an artifact: re-running skips what is complete. The cost line times ``--bench-steps`` filter steps
+and as many SFT steps interleaved in this process (the same batches size), and scales both to one pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -21,51 +30,67 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignment.data.readers import read_rows, write_jsonl
-from stages.builders.paths import WORLD_DATA_DIR, prepare_dir
+from experiments import Judging, evaluate, say, table, win_rate_columns
+
+from alignment.data.readers import read_jsonl, read_rows, write_jsonl
+from alignment.filtering.noise import CLEAN, NOISE_KINDS, corrupt_pool
+from alignment.filtering.report import plot_weights_by_kind
+from alignment.filtering.selection import auroc_by_kind, keep_mask, selection_quality
+from pipeline.layout import FILTER, JOINT_TRAIN, Files, RunLayout, stage_dir, trained_model
 from stages.compose import compose_run
-from stages.filter import filtered_dataset_path
 from stages.runner import run_stage
 
+REAL = ["model=smollm2", "model.lora.enabled=true", "data=hh_alpaca", "stage.progress=false"]
 
-def _args() -> argparse.Namespace:
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", required=True, type=Path)
-    parser.add_argument("--world", default="ci", help="world config (ci | default)")
+    parser.add_argument("--model", default="world", choices=["world", "smollm2"])
+    parser.add_argument("--world", default="ci", help="world mode: world config (ci | default)")
     parser.add_argument("--world-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="world setting for every stage, e.g. corruption=near_miss")
+                        help="world mode: world setting for every stage, e.g. corruption=near_miss")
+    parser.add_argument("--pool", default="../shared/data/alpaca_cleaned/train.jsonl")
+    parser.add_argument("--pool-size", type=int, default=1000)
+    parser.add_argument("--noise", type=float, default=0.3)
+    parser.add_argument("--keep-fraction", type=float, default=0.7)
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judge", default="", help="real mode: reward model for the win rates")
+    parser.add_argument("--instructions", type=int, default=100)
+    parser.add_argument("--bench-steps", type=int, default=8, help="steps of each kind timed for the cost (0: skip)")
     parser.add_argument("--filter", action="append", default=[], help="override for stage=filter")
     parser.add_argument("--train", action="append", default=[], help="override for stage=joint_train")
-    parser.add_argument("--bench-reps", type=int, default=3,
-                        help="interleaved filter-pass / SFT-epoch timings in this process for the cost line (0: skip)")
     return parser.parse_args()
 
 
-def _world(args: argparse.Namespace) -> list[str]:
-    """The world overrides every stage of the evaluation shares."""
-    return [f"world={args.world}", *(f"world.{option}" for option in args.world_option)]
+def common(args: argparse.Namespace) -> list[str]:
+    """Overrides every stage of the evaluation shares."""
+    if args.model == "smollm2":
+        return [*REAL, f"cache_dir={args.run_dir / 'cache'}", f"seed={args.seed}"]
+    return [f"world={args.world}", *(f"world.{o}" for o in args.world_option), f"world_dir={args.run_dir}",
+            "stage.progress=false", f"seed={args.seed}"]
 
 
-def _train(base: Path, name: str, data_path: str, args: argparse.Namespace) -> dict[str, Any]:
-    run = compose_run("stage=joint_train", *_world(args), f"run_dir={base / name}", f"world_dir={base}",
-                      "objective=sft", f"data.sft.path={data_path}", f"stage.train.max_steps={args.train_steps}",
-                      f"stage.train.sft_batch_size={args.batch_size}", "stage.progress=false", f"seed={args.seed}",
-                      *args.train)
+def train_sft(base: Path, name: str, data_path: str, args: argparse.Namespace) -> dict[str, Any]:
+    say(f"SFT on {name} ({data_path})", "filter_eval")
+    run = compose_run("stage=joint_train", *common(args), f"run_dir={base / name}", "objective=sft",
+                      f"data.sft.path={data_path}", f"stage.train.max_steps={args.train_steps}",
+                      f"stage.train.sft_batch_size={args.batch_size}", "stage.save_merged=true", *args.train)
     metrics: dict[str, Any] = run_stage(run)["metrics"]
     return metrics
 
 
-def _benchmark(base: Path, args: argparse.Namespace) -> dict[str, float]:
-    """Cost of the filter against one SFT epoch over the pool, timed in this process.
+def filter_run(base: Path, args: argparse.Namespace, candidates: str | None) -> Any:
+    extra = [f"data.candidates.path={candidates}"] if candidates else []
+    return compose_run("stage=filter", *common(args), f"run_dir={base}", f"stage.batch_size={args.batch_size}",
+                       f"stage.keep_fraction={args.keep_fraction}", *extra, *args.filter)
 
-    Each repetition times one SFT epoch (forward, backward, clipping and AdamW, as in joint_train's loop, on
-    batches of ``--batch-size`` candidates) and then the configured filter run, from fresh models. The two halves
-    of a repetition run back to back, so they share the load of other jobs; separate stage processes minutes
-    apart do not (on a shared 2-core machine their times per step varied by 2x).
-    """
+
+def bench(base: Path, args: argparse.Namespace, candidates: str | None) -> dict[str, float]:
+    """Seconds per filter step and per SFT step on the same candidate batches, timed interleaved in this process
+    (``--bench-steps`` of each, twice), and the filter pass over one SFT epoch at equal step counts."""
     import torch
 
     from alignment.filtering.bilevel import train_selector
@@ -73,97 +98,179 @@ def _benchmark(base: Path, args: argparse.Namespace) -> dict[str, float]:
     from alignment.train.setup import make_optimizer
     from stages.filter import build_selection, inputs
 
-    run = compose_run("stage=filter", *_world(args), f"run_dir={base}", f"stage.batch_size={args.batch_size}",
-                      f"seed={args.seed}", *args.filter)
-    sft_seconds, filter_seconds, steps = [], [], 0
-    for _ in range(args.bench_reps):
-        sft = build_selection(run, inputs(run))
+    run = filter_run(base, args, candidates)
+    paths = {name: item.path for name, item in inputs(run).items()}
+    sft_times, filter_times = [], []
+    for _ in range(2):
+        sft = build_selection(run, paths)
         optimizer, component = make_optimizer(sft.model, 1e-4, 0.0), SFTComponent()
         sft.model.train()
         device = next(sft.model.parameters()).device
         start = time.perf_counter()
-        for _ in range(sft.settings.steps_per_epoch):
+        for _ in range(args.bench_steps):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sft.candidates.next().items()}
             component.loss(sft.model, batch)[0].backward()
             torch.nn.utils.clip_grad_norm_(sft.model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
-        sft_seconds.append(time.perf_counter() - start)
+        sft_times.append((time.perf_counter() - start) / args.bench_steps)
         del sft, optimizer
-        setup = build_selection(run, inputs(run))
-        result = train_selector(setup.model, setup.proxy, setup.selector, setup.golden, setup.candidates,
-                                setup.loss_fn, setup.settings)
-        filter_seconds.append(result.seconds)
-        steps = result.steps
-    ratios = [f / s for f, s in zip(filter_seconds, sft_seconds, strict=True)]
-    return {"filter_seconds": statistics.median(filter_seconds), "sft_epoch_seconds": statistics.median(sft_seconds),
-            "ratio": statistics.median(ratios), "steps": float(steps)}
+        setup = build_selection(run, paths)
+        setup.settings.steps = args.bench_steps
+        filter_times.append(train_selector(setup.model, setup.proxy, setup.selector, setup.golden,
+                                           setup.candidates, setup.loss_fn, setup.settings).seconds / args.bench_steps)
+    sft_step, filter_step = statistics.median(sft_times), statistics.median(filter_times)
+    return {"sft_step_s": sft_step, "filter_step_s": filter_step, "ratio": filter_step / sft_step}
 
 
-def _verifier(metrics: dict[str, Any]) -> float:
-    """Overall verifier accuracy: ``verifier/all`` when reported, else the mean over task families."""
-    if "verifier/all" in metrics:
-        return float(metrics["verifier/all"])
-    values = [float(v) for k, v in metrics.items() if k.startswith("verifier/") and isinstance(v, (int, float))]
-    return sum(values) / len(values) if values else float("nan")
+# --- real mode ---------------------------------------------------------------------------------------------
+
+
+def build_pool(base: Path, args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
+    """``pool/pool.jsonl`` (no labels) and ``pool/labels.jsonl`` (``{id, label}``), built once."""
+    folder = base / "pool"
+    pool, labels_file = folder / "pool.jsonl", folder / "labels.jsonl"
+    if not labels_file.is_file():
+        source = list(read_jsonl(args.pool))
+        rng = random.Random(args.seed)
+        picked = rng.sample(range(len(source)), len(source))
+        rows = [source[i] for i in picked[: args.pool_size]]
+        donors = [source[i] for i in picked[args.pool_size:]]
+        corrupted, kinds = corrupt_pool(rows, donors, args.noise, args.seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_jsonl(pool, corrupted)
+        read = read_rows(pool, "sft").rows  # ids exactly as the filter stage reads them
+        write_jsonl(labels_file, [{"id": row.id, "label": kind} for row, kind in zip(read, kinds, strict=True)])
+    return pool, {r["id"]: r["label"] for r in read_jsonl(labels_file)}
+
+
+def quality(selection: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, float]:
+    """AUROC of the weights for clean rows, overall and per noise kind; precision/recall of the kept rows."""
+    weights = [row["weight"] for row in selection]
+    kinds = [labels[row["id"]] for row in selection]
+    noisy = [kind != CLEAN for kind in kinds]
+    found = selection_quality(weights, [row["kept"] for row in selection], noisy).to_dict("")
+    by_kind = auroc_by_kind(weights, noisy, [kind if kind != CLEAN else None for kind in kinds])
+    return {**found, **{f"auroc_{kind}": value for kind, value in by_kind.items()}}
+
+
+def loss_baseline(base: Path, args: argparse.Namespace, pool: Path) -> str:
+    """The cheap baseline: the pool rows with the lowest per-row loss under a model SFT'd on the golden set,
+    at the filter's keep fraction."""
+    out = base / "loss_baseline.jsonl"
+    if out.is_file():
+        return str(out)
+    golden = compose_run("stage=joint_train", *common(args)).data.golden.path
+    train_sft(base, "golden-sft", golden, args)
+    import torch
+
+    from alignment.data.collate import collate_sft
+    from alignment.data.tokenize import tokenize_dataset
+    from alignment.filtering.bilevel import sft_example_losses
+    from alignment.models.loading import load_causal_lm, load_tokenizer
+
+    model_dir = str(trained_model(stage_dir(base / "golden-sft", 0, JOINT_TRAIN)))
+    model, tokenizer = load_causal_lm(model_dir, "float32").eval(), load_tokenizer(model_dir)
+    rows = read_rows(pool, "sft").rows
+    examples, _ = tokenize_dataset(tokenizer, rows, max_length=compose_run(*REAL).data.max_length)
+    losses: dict[str, float] = {}
+    say(f"scoring {len(examples)} pool rows under the golden-SFT model", "filter_eval")
+    with torch.no_grad():
+        for start in range(0, len(examples), args.batch_size):
+            chunk = examples[start:start + args.batch_size]
+            values = sft_example_losses(model, collate_sft(chunk, pad_id=int(tokenizer.pad_token_id)))  # type: ignore[arg-type]
+            losses.update({e.id: float(v) for e, v in zip(chunk, values, strict=True)})
+    scored = [row for row in rows if row.id in losses]
+    kept = keep_mask([-losses[row.id] for row in scored], "top_p", args.keep_fraction)
+    write_jsonl(out, [row for row, k in zip(scored, kept, strict=True) if k])
+    return str(out)
+
+
+def main_real(args: argparse.Namespace) -> None:
+    base = args.run_dir
+    pool, labels = build_pool(base, args)
+    say(f"pool of {len(labels)} rows, {sum(v != CLEAN for v in labels.values())} corrupted", "filter_eval")
+    selection_metrics = run_stage(filter_run(base, args, str(pool)))["metrics"]
+    selection = list(read_jsonl(stage_dir(base, 0, FILTER) / Files.SELECTION))
+    found = quality(selection, labels)
+    cost = bench(base, args, str(pool)) if args.bench_steps else None
+    kept = [row for row in read_rows(stage_dir(base, 0, FILTER) / Files.FILTERED, "sft").rows]
+    random_file = base / "random_subset.jsonl"
+    if not random_file.is_file():
+        write_jsonl(random_file, random.Random(args.seed).sample(read_rows(pool, "sft").rows, len(kept)))
+    sets = {"all": str(pool), "filtered": str(stage_dir(base, 0, FILTER) / Files.FILTERED),
+            "random": str(random_file), "loss_baseline": loss_baseline(base, args, pool)}
+    trained = {name: train_sft(base, name, path, args) for name, path in sets.items()}
+    judging = Judging(args.judge, args.instructions)
+    judged: dict[str, Any] = {}
+    if args.judge:
+        model = str(trained_model(stage_dir(base / "all", 0, JOINT_TRAIN)))
+        judged["all"] = evaluate(base / "eval-all", model, common(args), ["win_rate"], judging,
+                                 "../shared/data/alpaca_eval/eval_set.jsonl")
+        for name in ("filtered", "random", "loss_baseline"):
+            model = str(trained_model(stage_dir(base / name, 0, JOINT_TRAIN)))
+            judged[name] = evaluate(base / f"eval-{name}", model, common(args), ["win_rate"], judging,
+                                    judged["all"]["answers"])
+    rows = [{"train data": name, "rows": len(list(read_jsonl(path))), "sft_loss": trained[name]["eval/sft_loss"],
+             "train_s": trained[name]["train_seconds"], **win_rate_columns(judged.get(name))}
+            for name, path in sets.items()]
+    report = {"selection": {**found, "kept": selection_metrics["kept"], "scored": selection_metrics["scored"],
+                            "filter_seconds": selection_metrics["filter_seconds"], "steps": selection_metrics["steps"]},
+              "cost": cost, "downstream": rows}
+    lines = [f"pool: {len(labels)} Alpaca-cleaned rows, {args.noise:.0%} corrupted ({', '.join(NOISE_KINDS)}), "
+             f"golden: Alpaca-GPT4 train; selector: SmolLM2-135M LoRA, value-function term on, one pass; "
+             f"downstream: {args.train_steps} SFT steps, batch {args.batch_size}, seed {args.seed}", "",
+             "selection: " + "  ".join(f"{k}={v:.3f}" for k, v in found.items()),
+             f"kept {selection_metrics['kept']}/{selection_metrics['scored']}; filter pass "
+             f"{selection_metrics['filter_seconds']:.0f}s ({selection_metrics['steps']} steps)"]
+    if cost:
+        lines.append(f"cost (same process, {args.bench_steps} steps of each, median of 2): filter step "
+                     f"{cost['filter_step_s']:.2f}s / SFT step {cost['sft_step_s']:.2f}s = {cost['ratio']:.2f}x one "
+                     f"SFT epoch over the pool (target <= 2.5x)")
+    lines += ["", table(rows)]
+    print("\n".join(lines), flush=True)
+    (base / "filter_eval.md").write_text("\n".join(lines) + "\n")
+    (base / "filter_eval.json").write_text(json.dumps(report, indent=1, default=str))
+    weight_of = {r["id"]: r["weight"] for r in selection}
+    plot_weights_by_kind({kind: [weight_of[i] for i, lab in labels.items() if lab == kind and i in weight_of]
+                          for kind in (CLEAN, *NOISE_KINDS)}, base / "weights_by_kind.png")
+
+
+# --- world mode --------------------------------------------------------------------------------------------
+
+
+def main_world(args: argparse.Namespace) -> None:
+    base = args.run_dir
+    run_stage(compose_run("stage=prepare", *common(args), f"run_dir={base}"))
+    selection = run_stage(filter_run(base, args, None))["metrics"]
+    pool_file = RunLayout.of(base).world_split("candidates")
+    pool = read_rows(pool_file, "sft").rows
+    random_file = base / "random_subset.jsonl"
+    write_jsonl(random_file, random.Random(args.seed).sample(pool, selection["kept"]))
+    sets = {"filtered": str(stage_dir(base, 0, FILTER) / Files.FILTERED), "all": str(pool_file),
+            "random": str(random_file)}
+    cost = bench(base, args, None) if args.bench_steps else None
+    trained = {name: train_sft(base, name, path, args) for name, path in sets.items()}
+    kinds = "  ".join(f"{k.removeprefix('selection/')}={v:.3f}" for k, v in sorted(selection.items())
+                      if k.startswith("selection/auroc"))
+    lines = [f"world={args.world} ({len(pool)} candidates, {selection.get('corrupted', 0)} corrupted), "
+             f"seed={args.seed}, batch={args.batch_size}, downstream SFT steps={args.train_steps}", "",
+             f"selection: {kinds}  precision={selection.get('selection/precision', math.nan):.3f}  "
+             f"recall={selection.get('selection/recall', math.nan):.3f}  kept={selection['kept']}/{selection['scored']}"]
+    if cost:
+        lines.append(f"cost (same process): filter step {cost['filter_step_s']:.3f}s / SFT step "
+                     f"{cost['sft_step_s']:.3f}s = {cost['ratio']:.2f}x one SFT epoch over the pool")
+    rows = [{"train data": name, "rows": len(list(read_jsonl(path))),
+             "verifier acc": trained[name].get("verifier/all"), "before": trained[name].get("verifier_before/all"),
+             "held-out SFT loss": trained[name].get("eval/sft_loss"), "train s": trained[name]["train_seconds"]}
+            for name, path in sets.items()]
+    print("\n".join([*lines, "", table(rows)]), flush=True)
 
 
 def main() -> None:
-    args = _args()
-    base = args.run_dir
-    run_stage(compose_run("stage=prepare", *_world(args), f"run_dir={base}", "stage.progress=false"))
-    filter_metrics = run_stage(compose_run(
-        "stage=filter", *_world(args), f"run_dir={base}", f"stage.batch_size={args.batch_size}",
-        "stage.progress=false", f"seed={args.seed}", *args.filter))["metrics"]
-    world = compose_run("stage=prepare", *_world(args), f"run_dir={base}")
-    pool_file = prepare_dir(world) / WORLD_DATA_DIR / "candidates.jsonl"
-    pool = read_rows(pool_file, "sft").rows
-    random_file = base / "random_subset.jsonl"
-    write_jsonl(random_file, random.Random(args.seed).sample(pool, filter_metrics["kept"]))
-    runs = {"filtered": filtered_dataset_path(base), "all": str(pool_file), "random": str(random_file)}
-    bench = _benchmark(base, args) if args.bench_reps > 0 else None
-    downstream = {name: _train(base, name, path, args) for name, path in runs.items()}
-    print()
-    print(_report(args, world, filter_metrics, downstream, len(pool), bench))
+    args = parse_args()
+    main_real(args) if args.model == "smollm2" else main_world(args)
 
-
-def _report(args: argparse.Namespace, world: Any, selection: dict[str, Any], downstream: dict[str, dict[str, Any]],
-            pool_size: int, bench: dict[str, float] | None) -> str:
-    """The validation table (markdown): selection quality, cost, and per training set the greedy verifier
-    accuracy on held-out world prompts (before = the base model) and the loss on the clean ``sft_eval`` rows."""
-    epoch_steps = math.ceil(pool_size / args.batch_size)
-    # the three downstream runs do the same work per step (SFT, same model and batch size); their median time
-    # per step damps the load of other jobs on a shared machine
-    step_seconds = statistics.median(float(m["seconds_per_step"]) for m in downstream.values())
-    epoch_seconds = step_seconds * epoch_steps
-    kinds = "  ".join(f"AUROC[{k.removeprefix('selection/auroc_')}]={v:.3f}" for k, v in sorted(selection.items())
-                      if k.startswith("selection/auroc_"))
-    lines = [
-        f"world={args.world} (corruption={world.world.corruption}, {pool_size} candidates, "
-        f"{selection.get('corrupted', 0)} corrupted), seed={args.seed}, batch={args.batch_size}, "
-        f"downstream SFT steps={args.train_steps}",
-        "",
-        f"selection: AUROC={selection.get('selection/auroc', math.nan):.3f}  {kinds}  "
-        f"precision={selection.get('selection/precision', math.nan):.3f}  "
-        f"recall={selection.get('selection/recall', math.nan):.3f}  kept={selection['kept']}/{selection['scored']}",
-        f"cost, separate processes: filter stage {selection['filter_seconds']:.1f}s ({selection['steps']} steps) / "
-        f"one SFT epoch over the pool {epoch_seconds:.1f}s ({epoch_steps} steps x {step_seconds:.3f}s, median of "
-        f"the 3 SFT runs) = {selection['filter_seconds'] / epoch_seconds:.2f}x",
-        *([] if bench is None else [
-            f"cost, same process ({args.bench_reps} interleaved reps, median): filter {bench['filter_seconds']:.1f}s "
-            f"({bench['steps']:.0f} steps) / one SFT epoch over the pool {bench['sft_epoch_seconds']:.1f}s = "
-            f"{bench['ratio']:.2f}x (target <= 2.5x)"]),
-        "",
-        "| train data | rows | verifier acc | before | held-out SFT loss | train s |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    sizes = {"filtered": selection["kept"], "all": pool_size, "random": selection["kept"]}
-    for name, metrics in downstream.items():
-        before = {k.replace("verifier_before", "verifier", 1): v for k, v in metrics.items()
-                  if k.startswith("verifier_before")}
-        lines.append(f"| {name} | {sizes[name]} | {_verifier(metrics):.3f} | {_verifier(before):.3f} | "
-                     f"{metrics.get('eval/sft_loss', math.nan):.3f} | {metrics['train_seconds']:.1f} |")
-    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -25,9 +25,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from experiments import Judging, evaluate, fmt, say, table, win_rate_columns
+
 from alignment.evaluation.plots import plot_loss_space, plt, save_figure
 from alignment.train.metrics_log import read_metrics
-from pipeline.layout import EVALUATE, JOINT_TRAIN, Files, stage_dir, trained_model
+from pipeline.layout import JOINT_TRAIN, Files, stage_dir, trained_model
 from stages.compose import compose_run
 from stages.runner import run_stage
 
@@ -35,14 +37,10 @@ METHODS = ("sequential", "reverse", "mix", "alright", "maxright")  # reverse: pr
 REAL_MODEL = {"smollm2": ["model=smollm2", "model.lora.enabled=true", "stage.save_merged=true"]}
 
 
-def say(message: str) -> None:
-    print(f"[tradeoff] {message}", flush=True)
-
-
 def train(root: Path, name: str, common: list[str], *overrides: str) -> dict[str, Any]:
     """One joint_train artifact (skipped when complete, resumed when partial); its metrics and eval history."""
     run_dir = root / name
-    say(f"training {name}")
+    say(f"training {name}", "tradeoff")
     metrics = dict(run_stage(compose_run("stage=joint_train", f"run_dir={run_dir}", *common, *overrides))["metrics"])
     log = read_metrics(stage_dir(run_dir, 0, JOINT_TRAIN) / Files.LOGS / Files.METRICS)
     steps = [r for r in log if "train/step_seconds" in r]
@@ -52,24 +50,6 @@ def train(root: Path, name: str, common: list[str], *overrides: str) -> dict[str
     return {"metrics": metrics, "evals": [r for r in log if "eval/sft_loss" in r],
             "step_seconds": {k: statistics.mean(v) for k, v in per_objective.items()},
             "objective_steps": {k: len(v) for k, v in per_objective.items()}}
-
-
-def evaluate(root: Path, name: str, model: str, common: list[str], args: argparse.Namespace,
-             references: str, losses: bool) -> dict[str, Any]:
-    """One evaluate artifact for ``model``: with a judge, win rate against ``references`` and MMLU; held-out
-    losses when ``losses``."""
-    suites = (["win_rate", "mmlu"] if args.judge else []) + (["sft_loss", "preference"] if losses else [])
-    judged = ["stage.ranker=reward_model", f"stage.ranker_model={args.judge}",
-              f"stage.reference_outputs={references}", f"stage.max_instructions={args.instructions}",
-              f"stage.mmlu_path={args.mmlu}", "stage.mmlu_shots=[0]", f"stage.mmlu_max_rows={args.mmlu_rows}",
-              f"stage.max_new_tokens={args.max_new_tokens}", "stage.backend=vllm"] if args.judge else []
-    run = compose_run("stage=evaluate", f"run_dir={root / name}", *common, f"stage.models=[{model}]",
-                      f"stage.suites=[{','.join(suites)}]", *judged)
-    say(f"evaluating {name}")
-    manifest = run_stage(run)
-    report = json.loads((stage_dir(root / name, 0, EVALUATE) / Files.EVAL_JSON).read_text())
-    (key,) = report["models"]
-    return {"metrics": manifest["metrics"], "results": {s: r[key] for s, r in report["results"].items()}, "key": key}
 
 
 def normalised_distance(point: tuple[float, float], ideal: tuple[float, float], base: tuple[float, float]) -> float:
@@ -87,11 +67,7 @@ def row(name: str, lambd: float | None, losses: dict[str, float], ideal: tuple[f
         "s_per_step": trained["metrics"]["seconds_per_step"] if trained else None,
         "train_s": trained["metrics"]["train_seconds"] if trained else 0.0,
     }
-    if judged is not None:
-        win = judged["results"].get("win_rate", {})
-        out.update(win_rate=(win.get("win_rate") or {}).get("value"), win_low=(win.get("win_rate") or {}).get("low"),
-                   win_high=(win.get("win_rate") or {}).get("high"), words=win.get("mean_output_words"),
-                   mmlu=(judged["results"].get("mmlu", {}).get("0_shot", {}).get("accuracy") or {}).get("value"))
+    out.update(win_rate_columns(judged))
     return out
 
 
@@ -119,18 +95,6 @@ def cost_ratios(results: dict[str, dict[str, Any]], lambd: float) -> dict[str, f
         ratios[method] = spent / expected if method != "mix" else result["metrics"]["seconds_per_step"] / (
             statistics.mean(sequential.values()))
     return ratios
-
-
-def fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    headers = list(dict.fromkeys(h for r in rows for h in r))
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(r.get(h)) for h in headers) + " |" for r in rows])
 
 
 def plot_win_rate_vs_time(rows: list[dict[str, Any]], path: Path) -> None:
@@ -199,19 +163,21 @@ def main() -> None:
         if not out.is_dir():
             from alignment.models.interpolate import interpolate_models
 
-            say(f"interpolating {alpha}·SFT-only + {1 - alpha:.2f}·preference-only")
+            say(f"interpolating {alpha}·SFT-only + {1 - alpha:.2f}·preference-only", "tradeoff")
             interpolate_models(sft_model, pref_model, alpha, out)
         points[f"interpolate-{alpha}"] = str(out)
+    judging = Judging(args.judge, args.instructions, args.max_new_tokens, args.mmlu, args.mmlu_rows)
+    scored = ["win_rate", "mmlu"] if args.judge else []
     judged: dict[str, dict[str, Any]] = {}
     sft_answers = args.references
     if args.judge:
-        judged["only-sft"] = evaluate(root, "eval-only-sft", points["only-sft"], shared, args, args.references, False)
-        sft_answers = str(stage_dir(root / "eval-only-sft", 0, EVALUATE) / Files.ALPACA_EVAL
-                          / judged["only-sft"]["key"] / Files.MODEL_OUTPUTS)
+        judged["only-sft"] = evaluate(root / "eval-only-sft", points["only-sft"], shared, scored, judging,
+                                      args.references)
+        sft_answers = judged["only-sft"]["answers"]
     for name, path in points.items():
-        if name != "only-sft" and (args.judge or name.startswith("interpolate")):
-            judged[name] = evaluate(root, f"eval-{name}", path, shared, args, sft_answers,
-                                    name.startswith("interpolate"))
+        losses = ["sft_loss", "preference"] if name.startswith("interpolate") else []
+        if name != "only-sft" and scored + losses:
+            judged[name] = evaluate(root / f"eval-{name}", path, shared, scored + losses, judging, sft_answers)
     rows = []
     for name in points:
         trained = results.get(name)

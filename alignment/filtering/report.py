@@ -35,3 +35,15 @@ def plot_weight_histogram(weights: Sequence[float], path: str | Path, corrupted:
     axes.set_title(title or "selector weights")
     axes.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+def plot_weights_by_kind(weights_by_kind: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
+    """One box of selector weights per label (``clean`` and each noise kind), with the row count in the label."""
+    kinds = [kind for kind, values in weights_by_kind.items() if values]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.boxplot([list(weights_by_kind[k]) for k in kinds], showfliers=False)
+    axes.set_xticks(range(1, len(kinds) + 1), [f"{k}\n({len(weights_by_kind[k])})" for k in kinds], fontsize=8)
+    axes.set_ylabel("selector weight")
+    axes.set_title(title or "selector weights by noise kind")
+    axes.grid(axis="y", alpha=0.3)
+    return save_figure(figure, path)
