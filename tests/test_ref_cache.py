@@ -278,3 +278,14 @@ def test_the_store_key_names_reference_tokenizer_and_settings_but_no_data():
               store_key("ref", "tok", {"max_length": 32})}
     assert base not in others and len(others) == 3
     assert pair_content_hash(random_pairs(1)[0]) != pair_content_hash(random_pairs(1, seed=1)[0])
+
+
+def test_after_an_eager_pass_the_reference_can_be_dropped(tmp_path):
+    pairs = random_pairs(6)
+    cache, _, collate = lazy_setup(tmp_path, pairs)
+    with pytest.raises(RuntimeError, match="not stored yet"):
+        cache.drop_reference()
+    cache.prefetch(pairs, batch_size=4, progress=False)
+    cache.drop_reference()
+    chosen, _ = cache(collate(pairs[:3]))  # served from the store without the reference
+    assert chosen.shape == (3,) and cache.report()["misses"] == 0

@@ -256,6 +256,18 @@ class LazyCachedReference:
             self._compute(batch, rows, rows)
         return len(self.computed) - before
 
+    def drop_reference(self) -> None:
+        """Forget the wrapped reference (freeing a frozen reference model) once every pair is stored, e.g. after
+        :meth:`prefetch`; a row missing later is then an error rather than a silent recompute."""
+        missing = [pair_id for pair_id in self.pairs if self.row_key(pair_id) not in self.store.rows]
+        if missing:
+            raise RuntimeError(f"{len(missing)} pair(s) are not stored yet (e.g. {missing[:3]}); prefetch them first")
+
+        def stored_only(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            raise KeyError("a pair outside the prefetched ones reached the reference cache")
+
+        self.reference = stored_only
+
     def report(self) -> dict[str, int]:
         """``rows_cached`` (rows in the store now), ``rows_computed`` (by this instance), ``rows_reused``
         (distinct rows served that were stored before), ``hits``/``misses`` (rows served), ``shards_ignored``."""

@@ -179,6 +179,7 @@ def cached_reference(run: RunConfig, reference_fingerprint: str, examples: dict[
     if train.ref_cache_eager:
         with accelerator.main_process_first():  # rank 0 computes; the others then find the rows stored
             cache.prefetch(pairs, train.pref_batch_size, accelerator.device, progress=run.stage.progress)
+        cache.drop_reference()  # every pair is stored: a frozen reference model is no longer kept in memory
     return cache, cache
 
 
