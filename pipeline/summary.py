@@ -13,8 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from alignment.evaluation.plots import plt, save_figure
-from pipeline.artifacts import read_manifest
-from pipeline.layout import EVALUATE, JOINT_TRAIN, RANK, Files, RunLayout
+from pipeline.artifacts import is_complete, read_manifest
+from pipeline.layout import (
+    CREATE_INSTRUCTIONS,
+    EVALUATE,
+    FILTER,
+    GENERATE,
+    JOINT_TRAIN,
+    RANK,
+    TRAIN_RM,
+    Files,
+    RunLayout,
+)
 
 # evaluate's keys of the round's starting policy and of its trained model (``policy``, ``round:joint_train``)
 BEFORE_KEY, AFTER_KEY = "policy", "round_joint_train"
@@ -80,6 +90,38 @@ def round_extras(layout: RunLayout, round_index: int, stages: Sequence[str]) -> 
     return extras
 
 
+# where a round's time goes: what a GPU would change is mostly the generation and training shares
+COST_GROUPS = {CREATE_INSTRUCTIONS: "generation", GENERATE: "generation", RANK: "ranking", FILTER: "training",
+               TRAIN_RM: "training", JOINT_TRAIN: "training", EVALUATE: "evaluation"}
+
+
+def stage_seconds(layout: RunLayout, round_index: int, stages: Sequence[str]) -> dict[str, float | None]:
+    """Wall seconds of each stage of a round, from its manifest's timestamps (a resumed stage counts from its
+    first start); None when the stage is not complete or its manifest records none."""
+    found: dict[str, float | None] = {}
+    for stage in stages:
+        directory = layout.stage_dir(round_index, stage)
+        times = (read_manifest(directory).get("timestamps") or {}) if is_complete(directory) else {}
+        started, finished = times.get("started"), times.get("finished")
+        found[stage] = round(finished - started, 1) if started is not None and finished is not None else None
+    return found
+
+
+def cost_rows(layout: RunLayout, rounds: int, stages: Sequence[str]) -> list[dict[str, Any]]:
+    """Per round: seconds per stage, the total, and the share of generation, ranking, training and evaluation."""
+    rows = []
+    for k in range(rounds):
+        seconds = stage_seconds(layout, k, stages)
+        total = sum(v for v in seconds.values() if v is not None)
+        shares: dict[str, float] = {}
+        for stage, value in seconds.items():
+            group = COST_GROUPS.get(stage, stage)
+            shares[group] = shares.get(group, 0.0) + (value or 0.0) / total if total else 0.0
+        row: dict[str, Any] = {"round": k, **{f"{s}_s": v for s, v in seconds.items()}, "total_s": round(total, 1)}
+        rows.append({**row, **{f"{g}_share": round(v, 3) for g, v in shares.items()}})
+    return rows
+
+
 def write_summary(layout: RunLayout, recipe: str, rounds: int, stages: Sequence[str]) -> dict[str, Any]:
     """The per-round table from the manifests of the run's rounds, written as JSON, Markdown and plots."""
     evaluations = ([read_manifest(layout.stage_dir(k, EVALUATE))["metrics"] for k in range(rounds)]
@@ -90,9 +132,12 @@ def write_summary(layout: RunLayout, recipe: str, rounds: int, stages: Sequence[
     out = layout.summary_dir()
     out.mkdir(parents=True, exist_ok=True)
     table = summary_markdown(rows, columns)
-    summary = {"recipe": recipe, "rounds": rounds, "rows": rows}
+    costs = cost_rows(layout, rounds, stages)
+    cost_table = summary_markdown(costs, [c for c in costs[0] if c != "round"]) if costs else ""
+    summary = {"recipe": recipe, "rounds": rounds, "rows": rows, "cost": costs}
     (out / Files.SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-    (out / Files.SUMMARY_MARKDOWN).write_text(f"# {recipe}: {rounds} round(s)\n\n{table}")
+    (out / Files.SUMMARY_MARKDOWN).write_text(f"# {recipe}: {rounds} round(s)\n\n{table}\n"
+                                              f"## Cost per round (seconds, share of the round)\n\n{cost_table}")
     for metric in headline_columns(rows):
         plot_rounds(rows, metric, out / f"{metric.replace('/', '_')}.png")
     return summary

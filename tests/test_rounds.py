@@ -263,3 +263,19 @@ def test_write_summary_reads_every_rounds_manifests(tmp_path: Path) -> None:
     table = (tmp_path / "iterate" / "summary.md").read_text()
     assert "| round | pairs | train_steps | verifier/accuracy | verifier/tasks |" in table
     assert (tmp_path / "iterate" / "verifier_accuracy.png").stat().st_size > 0
+
+
+def test_the_cost_of_each_round_is_broken_down_by_stage(tmp_path: Path) -> None:
+    from pipeline.layout import RunLayout
+    from pipeline.summary import cost_rows
+
+    for stage, seconds in (("generate", 30.0), ("rank", 10.0), ("joint_train", 50.0), ("evaluate", 10.0)):
+        directory = stage_dir(tmp_path, 0, stage)
+        directory.mkdir(parents=True)
+        (directory / MANIFEST).write_text(json.dumps({"metrics": {}, "timestamps": {"started": 100.0,
+                                                                                     "finished": 100.0 + seconds}}))
+        (directory / SUCCESS).write_text("")
+    (row,) = cost_rows(RunLayout.of(tmp_path), 1, ["create_instructions", "generate", "rank", "joint_train",
+                                                  "evaluate"])
+    assert row["generate_s"] == 30.0 and row["create_instructions_s"] is None and row["total_s"] == 100.0
+    assert (row["generation_share"], row["ranking_share"], row["training_share"]) == (0.3, 0.1, 0.5)
