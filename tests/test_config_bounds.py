@@ -32,6 +32,10 @@ BAD_VALUES = [
     (JOINT, "objective.sft_opt=nan", "objective.sft_opt must be a finite number (got nan)"),
     ("stage=filter", "stage.max_grad_norm=-1", "stage.max_grad_norm must be >= 0 (got -1.0)"),
     ("stage=filter", "stage.rho_min=0.5", "stage.rho_min must be <= stage.rho (got 0.5 > 0.3)"),
+    ("stage=filter", "stage.threshold=2.5", "stage.threshold must be in (0, 2.0) for stage.keep_rule=threshold and "
+                                            "stage.activation=sigmoid, else it keeps every row or none (got 2.5)"),
+    ("stage=filter", "stage.threshold=0", "stage.threshold must be in (0, inf) for stage.keep_rule=threshold and "
+                                          "stage.activation=softmax, else it keeps every row or none (got 0.0)"),
     ("stage=generate", "stage.shard_wait_timeout_s=0", "stage.shard_wait_timeout_s must be > 0 (got 0.0)"),
     ("stage=generate", "stage.max_model_len=0", "stage.max_model_len must be >= 1 or null (got 0)"),
     ("stage=rank", "stage.shard_wait_timeout_s=-5", "stage.shard_wait_timeout_s must be > 0 (got -5.0)"),
@@ -41,7 +45,9 @@ BAD_VALUES = [
     ("stage=create_instructions", "stage.top_p=nan", "stage.top_p must be a finite number (got nan)"),
     ("stage=prepare", "world.pretrain_lr=0", "world.pretrain_lr must be > 0 (got 0.0)"),
 ]
-EXTRA = {"stage.rho_min=0.5": ("stage.rho=0.3",)}
+EXTRA = {"stage.rho_min=0.5": ("stage.rho=0.3",), "stage.threshold=2.5": ("stage.keep_rule=threshold",
+                                                                         "stage.activation=sigmoid"),
+         "stage.threshold=0": ("stage.keep_rule=threshold",)}
 
 
 @pytest.mark.parametrize(("stage", "override", "problem"), BAD_VALUES, ids=[o for _, o, _ in BAD_VALUES])

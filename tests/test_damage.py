@@ -27,7 +27,7 @@ from pipeline.artifacts import (
     StaleArtifactError,
     read_manifest,
 )
-from pipeline.layout import stage_dir
+from pipeline.layout import RunLayout, stage_dir
 from pipeline.stage_run import StageRun
 from pipeline.verify import check_artifact
 
@@ -204,3 +204,22 @@ def test_read_manifest_reports_an_unreadable_manifest_as_damage(upstream: Path) 
     (upstream / MANIFEST).write_bytes(b"\xff\xfe{")
     with pytest.raises(DamagedArtifactError, match="manifest.json is damaged"):
         read_manifest(upstream)
+
+
+def test_a_run_lists_its_world_elsewhere_its_stages_and_its_partial_work(upstream: Path, tmp_path: Path) -> None:
+    run_dir = upstream.parent.parent
+    world = stage_dir(tmp_path / "world_run", 0, "prepare")
+    with StageRun(world, StageSpec("prepare", 1, 0, {}, {}), announce=lambda _m: None) as run:
+        (run.work_dir / "world.jsonl").write_text(ROWS)
+        run.commit(outputs=["world.jsonl"])
+    partial = stage_dir(run_dir, 0, "generate.partial")
+    partial.mkdir()
+    shutil.copytree(upstream, upstream.with_name("upstream.stale-20260101-000000"))  # history, not an artifact
+    complete, incomplete = verify.run_artifacts(RunLayout.of(run_dir, world.parent.parent))
+    assert complete == [world, upstream] and incomplete == [partial]
+    flip_byte(world / "world.jsonl")
+    report = verify.RunReport(verify.verify_artifacts(complete), incomplete)
+    table = verify.render_report(report, run_dir)
+    assert not report.intact
+    assert f"{world}  DAMAGED" in table and "round_00/upstream" in table and "round_00/generate.partial" in table
+    assert f"stage=prepare round=0 run_dir={world.parent.parent}" in table and "1 of 2 artifact(s) damaged" in table

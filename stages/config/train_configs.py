@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -168,6 +169,10 @@ class FilterConfig(StageConfig):
             problems.append(f"stage.rho_decay must be >= 0 (got {self.rho_decay})")
         if not 0.0 < self.keep_fraction <= 1.0:
             problems.append(f"stage.keep_fraction must be in (0, 1] (got {self.keep_fraction})")
+        top = 2.0 if self.activation == "sigmoid" else math.inf  # weights: 2·sigmoid in (0, 2), N·softmax in (0, N)
+        if self.keep_rule == "threshold" and not 0.0 < self.threshold < top:
+            problems.append(f"stage.threshold must be in (0, {top}) for stage.keep_rule=threshold and "
+                            f"stage.activation={self.activation}, else it keeps every row or none (got {self.threshold})")
         if self.rho_min > self.rho:
             problems.append(f"stage.rho_min must be <= stage.rho (got {self.rho_min} > {self.rho})")
         at_least(problems, "stage", self, ("max_grad_norm", "num_threads"), 0)  # max_grad_norm=0: no clipping
