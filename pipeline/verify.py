@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,10 @@ def listed_files(final: Path) -> set[str]:
     return {str(f.relative_to(final)) for f in final.rglob("*") if f.is_file()} - {MANIFEST, SUCCESS}
 
 
-def check_artifact(final: str | Path, deep: bool = True, on_file: Any = None) -> ArtifactCheck:
+OnFile = Callable[[str, int], object]  # called with a listed file's name and size once it is checked
+
+
+def check_artifact(final: str | Path, deep: bool = True, on_file: OnFile | None = None) -> ArtifactCheck:
     """Compare the complete artifact ``final`` with its manifest (``deep``: hash every file; else the cheap check).
 
     ``on_file(name, bytes)`` is called after each listed file (a progress bar).
@@ -198,7 +201,7 @@ def run_artifacts(layout: RunLayout) -> tuple[list[Path], list[Path]]:
     return complete, [d for d in directories if d not in complete]
 
 
-def verify_artifacts(artifacts: Iterable[Path], on_file: Any = None) -> list[ArtifactCheck]:
+def verify_artifacts(artifacts: Iterable[Path], on_file: OnFile | None = None) -> list[ArtifactCheck]:
     """The deep check of each artifact."""
     return [check_artifact(artifact, deep=True, on_file=on_file) for artifact in artifacts]
 
