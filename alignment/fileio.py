@@ -26,18 +26,23 @@ def user_cache_dir() -> Path:
     return Path.home() / ".cache" / "alignment"
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to a unique temporary name in the same directory, then rename: a reader sees the old file or the
-    new one, never half of one, and concurrent writers never mix."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a unique temporary name in the same directory, then rename: a reader sees the old file or
+    the new one, never half of one, and concurrent writers never mix."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json_or_none(path: str | Path) -> Any:

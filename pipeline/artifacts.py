@@ -41,6 +41,10 @@ class StaleArtifactError(ArtifactError):
     """The complete artifact was made with another config or other inputs."""
 
 
+class DamagedArtifactError(ArtifactError):
+    """A complete artifact's files no longer match its manifest (corrupted, missing or extra files)."""
+
+
 def partial_dir(final: Path) -> Path:
     return final.with_name(final.name + PARTIAL_SUFFIX)
 
@@ -61,7 +65,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not is_complete(path):
         raise ArtifactError(f"{path} is not a complete artifact (no {SUCCESS}); run its stage first")
-    return json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except ValueError as error:  # also a UnicodeDecodeError: bytes of the file were damaged
+        raise DamagedArtifactError(
+            f"{path / MANIFEST} is damaged ({error}); re-run its stage with force=true (the damaged directory is "
+            f"renamed aside), and check the rest of the run with alignment_run stage=verify") from error
+    if not isinstance(manifest, dict):
+        raise DamagedArtifactError(f"{path / MANIFEST} is damaged (not a JSON object)")
+    return manifest
 
 
 def input_fingerprint(path_or_id: str | Path) -> str:

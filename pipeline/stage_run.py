@@ -19,24 +19,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from alignment.fileio import directory_lock, set_aside, write_json_atomic
+from alignment.fileio import directory_lock, set_aside, write_json_atomic, write_text_atomic
 from pipeline.artifacts import (
     MANIFEST,
     PENDING,
     SCHEMA_VERSION,
     SUCCESS,
     ArtifactError,
+    DamagedArtifactError,
     StageInput,
     StageSpec,
     StaleArtifactError,
     Status,
     describe_outputs,
     environment_versions,
+    is_complete,
     partial_dir,
     read_manifest,
     stale_report,
     status_of,
 )
+from pipeline.verify import check_artifact, containing_artifact, damage_report, manifest_sha256
 
 
 def _input_record(item: StageInput, fingerprint: str) -> dict[str, str]:
@@ -87,6 +90,9 @@ class StageRun:
         self.announce(f"[{self.spec.stage}] {message}")
 
     def _decide(self) -> None:
+        self._refuse_damaged_inputs()
+        if is_complete(self.final):
+            self._set_aside_if_damaged()
         self._fingerprint = self.spec.fingerprint()
         status = status_of(self.final, self._fingerprint)
         if status is Status.COMPLETE and not self.force:
@@ -113,6 +119,31 @@ class StageRun:
             self.work_dir.mkdir(parents=True)
             write_json_atomic(self.work_dir / PENDING, self._pending())
             self._say(f"working in {self.work_dir}")
+
+    def _refuse_damaged_inputs(self) -> None:
+        """An input inside a damaged artifact is reported as damage (the cheap check of :mod:`pipeline.verify`),
+        not later as "made with different inputs" by a fingerprint that hashed the damaged bytes."""
+        readers: dict[Path, list[str]] = {}  # artifact -> the inputs inside it
+        for name, item in sorted(self.spec.inputs.items()):
+            found = {containing_artifact(path) for path in (item.path, item.source) if path}
+            for artifact in (a for a in found if a is not None):
+                readers.setdefault(artifact, []).append(name)
+        for artifact, names in readers.items():
+            check = check_artifact(artifact, deep=False)
+            if not check.intact:
+                role = f"input{'s' if len(names) > 1 else ''} {', '.join(names)} of {self.spec.stage}"
+                raise DamagedArtifactError(damage_report(check, role))
+
+    def _set_aside_if_damaged(self) -> None:
+        """A complete artifact whose files no longer match its manifest is never skipped as done: refused, or
+        with force=true renamed to ``<stage>.corrupted-<time>`` and redone."""
+        check = check_artifact(self.final, deep=False)
+        if check.intact:
+            return
+        if not self.force:
+            raise DamagedArtifactError(damage_report(check, f"the complete output of this {self.spec.stage} run"))
+        kept = set_aside(self.final, "corrupted")
+        self._say(f"force=true: the damaged artifact is kept as {kept}; redoing it")
 
     def _skip(self, why: str) -> None:
         self.skipped = True
@@ -185,7 +216,7 @@ class StageRun:
         }
         write_json_atomic(self.work_dir / MANIFEST, manifest)
         (self.work_dir / PENDING).unlink(missing_ok=True)
-        (self.work_dir / SUCCESS).write_text("")
+        write_text_atomic(self.work_dir / SUCCESS, manifest_sha256(self.work_dir) + "\n")  # vouches for the manifest
         os.rename(self.work_dir, self.final)
         self.manifest = manifest
         self._say(f"done: outputs in {self.final}")

@@ -42,18 +42,25 @@ def _to_run_config(cfg: DictConfig) -> RunConfig:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        dispatch(_to_run_config(cfg))
+        result = dispatch(_to_run_config(cfg))
     except (ConfigError, ArtifactError, DataError) as error:  # user errors: one clean message, no traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if cfg.stage.name == "verify" and not result["intact"]:
+        sys.exit(1)  # the table printed says what is damaged and what to do
 
 
 def dispatch(run: RunConfig) -> dict[str, object]:
-    """Run the multi-round driver for ``stage=iterate``, else the one stage ``run.stage`` names."""
+    """Run a driver (``stage=iterate``: the rounds; ``stage=verify``: check a run's artifacts), else the one stage
+    ``run.stage`` names."""
     if run.stage.name == "iterate":
         from stages.iterate import run_rounds
 
         return run_rounds(run)
+    if run.stage.name == "verify":
+        from stages.verify import verify_run
+
+        return verify_run(run)
     from stages.runner import run_stage
 
     return run_stage(run)

@@ -141,12 +141,16 @@ def run_node_worker(run: RunConfig, timeout_s: float | None = None) -> dict[str,
 
 
 def _ensure_metrics_log(work_dir: Path, metrics: dict[str, Any]) -> None:
-    """Every stage directory has ``logs/metrics.jsonl``: stages without a per-step log get their summary."""
-    from alignment.train.metrics_log import MetricsLog
+    """Every stage directory has ``logs/metrics.jsonl``: stages without a per-step log get this attempt's summary
+    (one an earlier attempt wrote before it was killed is replaced)."""
+    from alignment.train.metrics_log import MetricsLog, read_metrics
 
     path = work_dir / Files.LOGS / Files.METRICS
-    if path.exists():
-        return
+    try:
+        if any(not record.get("summary") for record in read_metrics(path)):
+            return  # the stage's own per-step log
+    except ValueError:
+        return  # not a summary this function wrote: leave it to the stage that did
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     with MetricsLog(path) as log:
         log.write(0, {"summary": True, **numbers})

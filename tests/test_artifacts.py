@@ -14,7 +14,6 @@ import platform
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from pipeline.artifacts import (
 )
 from pipeline.layout import stage_dir
 from pipeline.stage_run import StageRun
+from tests.watchdog import wait_for_exit, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Three non-blank rows and one blank line: "rows" counts the non-blank ones.
@@ -57,8 +57,7 @@ with StageRun(final, spec) as run:
     else:
         (run.work_dir / "out.jsonl").write_text(sys.argv[5])
         print("RESULT working", flush=True)
-        deadline = time.time() + 60
-        while not release.exists() and time.time() < deadline:
+        while not release.exists():  # the test kills a worker it does not release
             time.sleep(0.05)
         run.commit(outputs=["out.jsonl"])
         print("RESULT committed", flush=True)
@@ -285,14 +284,6 @@ def start_worker(final: Path, input_file: Path, release: Path, log: Path) -> sub
         )
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
@@ -308,13 +299,13 @@ def test_concurrent_invocations_do_the_work_once(tmp_path: Path, final: Path, in
     release = tmp_path / "release"
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     workers.append(start_worker(final, input_file, release, log_a))
-    wait_for(lambda: "RESULT working" in log_a.read_text(), "worker A to start working")
+    wait_until(lambda: "RESULT working" in log_a.read_text(), "worker A to start working", workers[0])
     workers.append(start_worker(final, input_file, release, log_b))
-    wait_for(lambda: "waiting for it" in log_b.read_text(), "worker B to wait on the lock")
+    wait_until(lambda: "waiting for it" in log_b.read_text(), "worker B to wait on the lock", workers[1])
     assert not final.exists()
     release.touch()
     for process in workers:
-        assert process.wait(timeout=60) == 0
+        assert wait_for_exit(process) == 0
     text_a, text_b = log_a.read_text(), log_b.read_text()
     assert "RESULT committed" in text_a and "RESULT skipped" not in text_a
     assert "RESULT skipped" in text_b and "RESULT working" not in text_b
@@ -328,7 +319,7 @@ def test_sigkill_mid_stage_leaves_no_success_and_next_run_completes(
     partial = final.with_name("fake.partial")
     log = tmp_path / "worker.log"
     workers.append(start_worker(final, input_file, tmp_path / "never", log))
-    wait_for(lambda: "RESULT working" in log.read_text(), "the worker to write its output")
+    wait_until(lambda: "RESULT working" in log.read_text(), "the worker to write its output", workers[0])
     os.killpg(workers[0].pid, signal.SIGKILL)
     assert workers[0].wait(timeout=30) == -signal.SIGKILL
     assert not final.exists()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.watchdog import run_watched
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
 
@@ -15,8 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
 @pytest.mark.slow
 def test_bench_train_quick_prints_the_table_and_ratios():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1"], capture_output=True,
-                          text=True, env=env, timeout=900, check=False)
+    done = run_watched([sys.executable, str(SCRIPT), "--quick", "--threads", "1"], env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ours_dpo_fastest" in done.stdout and "trl_dpo_precompute_ref" in done.stdout
     ratio_line = done.stdout.strip().splitlines()[-1]

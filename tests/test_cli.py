@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,11 @@ from omegaconf import OmegaConf
 
 from pipeline.artifacts import MANIFEST, SUCCESS, describe_outputs, read_manifest
 from pipeline.layout import stage_dir
+from tests.watchdog import run_watched, wait_until
 
 SCRIPT = Path(sys.executable).with_name("alignment_run")
 COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "stages.cli"]
 SMALL_WORLD = ["stage=prepare", "world=ci", "world.pretrain_steps=2", "stage.progress=false"]
-TIMEOUT_S = 180
 
 
 def cli_env() -> dict[str, str]:
@@ -34,8 +33,8 @@ def cli_env() -> dict[str, str]:
 
 def alignment_run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     """``alignment_run stage=prepare <small world> run_dir=<run_dir> <overrides>``, run from run_dir's parent."""
-    return subprocess.run([*COMMAND, *SMALL_WORLD, f"run_dir={run_dir}", *overrides], cwd=run_dir.parent,
-                          env=cli_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    return run_watched([*COMMAND, *SMALL_WORLD, f"run_dir={run_dir}", *overrides], cwd=run_dir.parent,
+                       env=cli_env())
 
 
 def prepare_of(run_dir: Path) -> Path:
@@ -116,11 +115,7 @@ def kill_once_partial_exists(run_dir: Path, *overrides: str) -> None:
                                env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
-        deadline = time.time() + TIMEOUT_S
-        while not (partial / "config.yaml").is_file():
-            assert process.poll() is None, "prepare ended before it could be killed"
-            assert time.time() < deadline, "prepare.partial never appeared"
-            time.sleep(0.02)
+        wait_until((partial / "config.yaml").is_file, "prepare.partial to appear", process)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -164,10 +159,9 @@ def test_semantic_change_is_refused_then_forced_through_a_sigkill(prepared: Path
 
 
 def test_multirun_sweep_gives_each_model_its_own_run_directory(tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = run_watched(
         [*COMMAND, "-m", "model=tiny,small", *SMALL_WORLD, "world.pretrain_batch_size=2", f"run_dir={tmp_path}"],
-        env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S,
-    )
+        env=cli_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     for size in ("tiny", "small"):
         manifest = assert_complete(tmp_path / f"model={size}" / "round_00" / "prepare")

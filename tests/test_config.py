@@ -35,7 +35,7 @@ from stages.config.validate import validate_or_raise
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("stage", "model", "data", "objective", "loss", "world")
 # options that cannot compose on their own, and the overrides they need
-REQUIRED_EXTRAS = {("model", "hf"): ["model.name_or_path=/models/some-lm"], ("stage", "iterate"): ["recipe=toy"]}
+REQUIRED_EXTRAS = {("model", "hf"): ["model.name_or_path=some-org/some-lm"], ("stage", "iterate"): ["recipe=toy"]}
 
 
 def group_options() -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ import pytest
 from pipeline.artifacts import read_manifest
 from pipeline.layout import stage_dir
 from tests.conftest import SMALL_WORLD
+from tests.watchdog import run_watched
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +23,7 @@ def torchrun(out: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(ROOT / "tests" / "dist_worker.py"), str(out), *overrides]
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_watched(command, env=env, cwd=ROOT)
 
 
 @pytest.mark.parametrize("objective", ["alright", "maxright"])

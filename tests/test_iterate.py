@@ -4,12 +4,12 @@ script's own wiring (with a stand-in ``alignment_run``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.artifacts import is_complete, partial_dir, read_manifest
 from pipeline.layout import stage_dir
+from tests.watchdog import run_watched, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_SH = ROOT / "recipes" / "iterative" / "run.sh"
@@ -41,8 +42,7 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def run_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(RUN_SH), *args], env=environment(**env), cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    return run_watched(["bash", str(RUN_SH), *args], env=environment(**env), cwd=ROOT)
 
 
 def output_tail(result: subprocess.CompletedProcess[str]) -> str:
@@ -117,15 +117,16 @@ def latest_checkpoint_exists(directory: Path) -> bool:
         return False
 
 
-def kill_when(process: subprocess.Popen[str], ready: Path, log: Path, timeout_s: float = 600.0) -> None:
+def kill_when(process: subprocess.Popen[str], ready: Path, log: Path) -> None:
     """SIGKILL ``process``'s group as soon as ``ready`` holds a finished checkpoint."""
-    deadline = time.monotonic() + timeout_s
-    while not latest_checkpoint_exists(ready):
-        assert process.poll() is None, f"the run ended before {ready} had a checkpoint:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no checkpoint in {ready} after {timeout_s}s"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    try:
+        wait_until(lambda: latest_checkpoint_exists(ready), f"a checkpoint in {ready}", process, watch=[log])
+    except AssertionError as error:
+        raise AssertionError(f"{error}:\n{log.read_text()[-3000:]}") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have ended on its own
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def content(stage_manifest: dict[str, Any]) -> dict[str, str]:
@@ -160,7 +161,7 @@ def test_a_run_killed_in_round_one_training_resumes_to_the_uninterrupted_numbers
         kill_when(process, partial_dir(stage_dir(run_dir, 1, "joint_train")) / "checkpoints", log)
     assert not is_complete(stage_dir(run_dir, 1, "joint_train"))  # killed in the middle of round 1's training
     assert not stage_dir(run_dir, 1, "evaluate").exists()
-    rerun = subprocess.run(command, env=environment(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    rerun = run_watched(command, env=environment(), cwd=ROOT)
     assert rerun.returncode == 0, output_tail(rerun)
     assert "[train] resumed from" in rerun.stdout
     assert rerun.stdout.count("skipping") == len(TOY_STAGES) + 3  # round 0 and round 1 up to rank

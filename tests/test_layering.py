@@ -12,7 +12,7 @@ from pipeline.layout import STAGE_OUTPUT, Files
 from stages.registry import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
-DRIVERS = {"stages.cli", "stages.runner", "stages.iterate", "stages.compose", "stages.registry"}
+DRIVERS = {"stages.cli", "stages.runner", "stages.iterate", "stages.verify", "stages.compose", "stages.registry"}
 
 
 def module_name(path: Path) -> str:

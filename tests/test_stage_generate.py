@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from stages.runner import run_node_worker, run_stage, stage_spec
 from tests.conftest import compose_run
 from tests.test_generation import make_lora_adapter
 from tests.test_self_instruct import SEED_TASKS
+from tests.watchdog import run_watched, wait_until
 
 FAST = ("world=ci", "stage.progress=false", "stage.backend=hf", "stage.max_new_tokens=12")
 
@@ -118,10 +117,10 @@ def test_torchrun_ranks_split_the_shards_and_rank_zero_merges(world_run_dir, mon
     # hf sampling seeds torch's global RNG, which threads share: let rank 1 finish its shards first (separate
     # processes under torchrun need no such care).
     shard_dir = context.work_dir / "shards"
-    deadline = time.monotonic() + 60
-    while not all((shard_dir / f"shard-0000{i}-of-00005.jsonl").is_file() for i in (1, 3)):
-        assert time.monotonic() < deadline and rank_one.is_alive()
-        time.sleep(0.05)
+    mine = [shard_dir / f"shard-0000{i}-of-00005.jsonl" for i in (1, 3)]
+    wait_until(lambda: all(p.is_file() for p in mine) or not rank_one.is_alive(), "rank 1's shards",
+               watch=[shard_dir])
+    assert all(p.is_file() for p in mine), "rank 1 ended without writing its shards"
     results[0] = stage.run_as_worker(run, context, 0, 2)
     rank_one.join(timeout=60)
     assert results[1].metrics["shards"]["generated"] == [1, 3]
@@ -154,7 +153,7 @@ def test_generate_under_torchrun_with_two_processes(world_run_dir) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                "stages.cli", "stage=generate", *FAST, f"run_dir={run_dir}", "stage.shard_size=10"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
+    result = run_watched(command, cwd=run_dir.parent, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = read_manifest(stage_dir(run_dir, 0, "generate"))
     assert manifest["metrics"]["workers"] == 2 and manifest["metrics"]["shards"]["generated"] == [0, 2, 4]

@@ -101,6 +101,8 @@ class JointTrainer:
     def _resume(self) -> int:
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         if checkpoint is None:
+            if self.metrics is not None:
+                self.metrics.restart()  # a killed attempt's records belong to no checkpoint: the log starts over
             return 0
         state = load_checkpoint(self.accelerator, checkpoint)
         self.schedule.load_state_dict(state["schedule"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from stages.config.checks import above, at_least
 from stages.config.errors import runtime
 from stages.config.sections import check_choice
 
@@ -44,6 +45,7 @@ class GenerationRuntimeFields:
             problems.append(f"stage.gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
         if self.kv_cache_gb is not None and self.kv_cache_gb <= 0:
             problems.append(f"stage.kv_cache_gb must be > 0 or null (got {self.kv_cache_gb})")
+        at_least(problems, "stage", self, ("max_model_len",), 1, allow_none=True)
         return problems
 
 
@@ -155,6 +157,7 @@ class GenerateConfig(GenerationRuntimeFields, StageConfig):
         for key in ("max_prompt_tokens", "shard_size"):
             if getattr(self, key) < 1:
                 problems.append(f"stage.{key} must be >= 1 (got {getattr(self, key)})")
+        above(problems, "stage", self, ("shard_wait_timeout_s",))
         return problems
 
 
@@ -228,6 +231,7 @@ class RankConfig(RankerSettings, StageConfig):
                     "judge_max_new_tokens", "judge_max_prompt_tokens", "batch_size", "shard_size"):
             if getattr(self, key) < 1:
                 problems.append(f"stage.{key} must be >= 1 (got {getattr(self, key)})")
+        above(problems, "stage", self, ("shard_wait_timeout_s",))
         return problems
 
 
@@ -304,4 +308,7 @@ class EvaluateConfig(RankerSettings, GenerationRuntimeFields, StageConfig):
         for key in ("max_instructions", "mmlu_max_rows", "mt_bench_max_questions"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 problems.append(f"stage.{key} must be >= 1 or null (got {getattr(self, key)})")
+        at_least(problems, "stage", self, ("source_max_tokens", "candidate_max_tokens", "reward_max_tokens",
+                                           "judge_max_new_tokens", "judge_max_prompt_tokens"), 1)
+        at_least(problems, "stage", self, ("judge_temperature",), 0)
         return problems

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from stages.config.checks import above, non_finite_problems
 from stages.config.errors import runtime
 
 WORLD_PREFIX = "world:"
@@ -41,9 +42,8 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
     def validate(self, prefix: str = "model.lora") -> list[str]:
-        problems = []
-        if self.r <= 0:
-            problems.append(f"{prefix}.r must be > 0 (got {self.r})")
+        problems = non_finite_problems(self, prefix)
+        above(problems, prefix, self, ("r", "alpha"))
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"{prefix}.dropout must be in [0, 1) (got {self.dropout})")
         if not self.target_modules:
@@ -182,7 +182,7 @@ class ObjectiveConfig:
     teacher: str = ""
 
     def validate(self) -> list[str]:
-        problems: list[str] = []
+        problems = non_finite_problems(self, "objective")
         check_choice(problems, "objective.name", self.name, OBJECTIVE_NAMES)
         if not 0.0 <= self.lambd <= 1.0:
             problems.append(f"objective.lambd must be in [0, 1] (got {self.lambd})")
@@ -267,12 +267,14 @@ class WorldConfig:
     def validate(self) -> list[str]:
         from alignment.world.sizes import WorldSizes, size_problems
 
-        problems = [f"world.{p}" for p in size_problems({f.name: getattr(self, f.name) for f in fields(WorldSizes)})]
+        problems = non_finite_problems(self, "world")
+        problems += [f"world.{p}" for p in size_problems({f.name: getattr(self, f.name) for f in fields(WorldSizes)})]
         if not 0.0 <= self.pretrain_correct_fraction <= 1.0:
             problems.append("world.pretrain_correct_fraction must be in [0, 1]")
         for key in ("vocab_size", "pretrain_steps", "pretrain_batch_size"):
             if getattr(self, key) < 1:
                 problems.append(f"world.{key} must be >= 1 (got {getattr(self, key)})")
+        above(problems, "world", self, ("pretrain_lr",))
         return problems
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from omegaconf import MISSING
 
+from stages.config.checks import at_least, non_finite_problems
 from stages.config.errors import runtime
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ class StageConfig:
 
     def validate(self, run: RunConfig) -> list[str]:
         """Problems of this stage's own fields and of the sections it reads."""
-        problems: list[str] = []
+        problems = non_finite_problems(self, "stage")
+        at_least(problems, "stage", self, ("log_every",), 1)
         for section in {s.split(".")[0] for s in self.SECTIONS}:
             validate = getattr(getattr(run, section, None), "validate", None)
             if validate is not None:

@@ -23,6 +23,7 @@ from stages.config.train_configs import (
     PrepareConfig,
     TrainSettings,
 )
+from stages.config.verify_config import VerifyConfig
 
 __all__ = [
     "EVALUATION_SUITES",
@@ -38,6 +39,7 @@ __all__ = [
     "RankConfig",
     "StageConfig",
     "TrainSettings",
+    "VerifyConfig",
     "sampling_problems",
 ]
 
@@ -51,4 +53,5 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "joint_train": JointTrainConfig,
     "evaluate": EvaluateConfig,
     "iterate": IterateConfig,
+    "verify": VerifyConfig,
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,6 +19,8 @@ from stages.config.sections import DataConfig, LossConfig, ModelConfig, Objectiv
 from stages.config.stage_configs import STAGE_CONFIGS
 
 DEFAULT_STAGE = "joint_train"
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+SCHEMA_SUFFIX = "_schema"  # the typed nodes that YAML options extend; never an option themselves
 GROUP_SCHEMAS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -25,6 +28,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "loss": LossConfig,
     "world": WorldConfig,
 }
+OPTION_GROUPS = ("stage", "recipe", *GROUP_SCHEMAS)  # chosen by name on the command line: loss=ipo
 
 
 def register_configs() -> None:
@@ -32,9 +36,9 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     for name, cls in STAGE_CONFIGS.items():
-        store.store(group="stage", name=f"{name}_schema", node=cls)
+        store.store(group="stage", name=f"{name}{SCHEMA_SUFFIX}", node=cls)
     for group, cls in GROUP_SCHEMAS.items():
-        store.store(group=group, name=f"{group}_schema", node=cls)
+        store.store(group=group, name=f"{group}{SCHEMA_SUFFIX}", node=cls)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -73,6 +77,25 @@ def check_key(key: str, stage: str) -> str | None:
     return None
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files (``configs/<group>/<name>.yaml``), not the stored schemas."""
+    return sorted(path.stem for path in (CONFIG_ROOT / group).glob("*.yaml") if not path.stem.endswith(SCHEMA_SUFFIX))
+
+
+def check_group_choice(group: str, value: str) -> str | None:
+    """A readable problem if ``value`` (one option, or a comma-separated sweep) names no option of ``group``.
+
+    Hydra's own message lists the ConfigStore's ``*_schema`` nodes as if they were options; this one does not.
+    """
+    if any(mark in value for mark in "()[]{}$") or value in ("null", ""):
+        return None  # a sweep function, an interpolation or a deletion: Hydra checks it
+    options = group_options(group)
+    unknown = [choice for choice in value.split(",") if choice not in options]
+    if not unknown:
+        return None
+    return f"{group}={','.join(unknown)} is not an option of {group}; options: {', '.join(options)}"
+
+
 def check_overrides(overrides: list[str]) -> None:
     """Fail on command-line overrides naming unknown keys, listing the valid ones (before Hydra composes)."""
     # `+key=` / `++key=` are checked too: Hydra would append an unknown key and to_object would drop it silently
@@ -85,10 +108,12 @@ def check_overrides(overrides: list[str]) -> None:
             stage = value.split(",")[0]
     problems = []
     for item in assignments:
-        key = item.split("=", 1)[0]
-        if "." in key or key not in ("stage", *GROUP_SCHEMAS):
+        key, value = item.split("=", 1)
+        if "." in key or key not in OPTION_GROUPS:
             problem = check_key(key, stage)
-            if problem:
-                problems.append(problem)
+        else:
+            problem = check_group_choice(key, value)
+        if problem:
+            problems.append(problem)
     if problems:
         raise ConfigError(problems)

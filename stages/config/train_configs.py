@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from stages.config.checks import at_least
 from stages.config.errors import runtime
 from stages.config.sections import check_choice
 
@@ -61,6 +63,9 @@ class TrainSettings:
         check_choice(problems, f"{prefix}.precision", self.precision, ("fp32", "bf16"))
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"{prefix}.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        # keep_checkpoints <= 0 deletes each checkpoint as it is written, so a killed run could not resume
+        at_least(problems, prefix, self, ("eval_max_rows", "keep_checkpoints"), 1)
+        at_least(problems, prefix, self, ("weight_decay", "max_grad_norm"), 0)  # max_grad_norm=0: no clipping
         return problems
 
 
@@ -94,6 +99,8 @@ class JointTrainConfig(StageConfig):
                             "recipe.stage_settings.joint_train.save_merged=true (the next round's policy)")
         if any(len(point) != 2 for point in self.ref_pareto):
             problems.append("stage.ref_pareto must be a list of [sft_loss, pref_loss] pairs")
+        at_least(problems, "stage", self, ("early_stop_eps",), 0, allow_none=True)
+        at_least(problems, "stage", self, ("num_threads",), 0)
         return problems
 
 
@@ -162,6 +169,13 @@ class FilterConfig(StageConfig):
             problems.append(f"stage.rho_decay must be >= 0 (got {self.rho_decay})")
         if not 0.0 < self.keep_fraction <= 1.0:
             problems.append(f"stage.keep_fraction must be in (0, 1] (got {self.keep_fraction})")
+        top = 2.0 if self.activation == "sigmoid" else math.inf  # weights: 2·sigmoid in (0, 2), N·softmax in (0, N)
+        if self.keep_rule == "threshold" and not 0.0 < self.threshold < top:
+            problems.append(f"stage.threshold must be in (0, {top}) for stage.keep_rule=threshold and "
+                            f"stage.activation={self.activation}, else it keeps every row or none (got {self.threshold})")
+        if self.rho_min > self.rho:
+            problems.append(f"stage.rho_min must be <= stage.rho (got {self.rho_min} > {self.rho})")
+        at_least(problems, "stage", self, ("max_grad_norm", "num_threads"), 0)  # max_grad_norm=0: no clipping
         return problems
 
 
