@@ -99,7 +99,8 @@ def test_round_one_starts_from_round_zeros_model(scripted: Path) -> None:
     assert manifest(scripted, 1, "generate")["inputs"]["policy"]["path"] == str(artifact)
     assert manifest(scripted, 1, "joint_train")["inputs"]["policy"]["path"] == str(artifact)
     assert manifest(scripted, 1, "joint_train")["inputs"]["policy"]["loaded"] == trained
-    assert manifest(scripted, 1, "evaluate")["inputs"]["model:policy"]["path"] == trained
+    assert manifest(scripted, 1, "evaluate")["inputs"]["model:policy"]["path"] == str(artifact)
+    assert manifest(scripted, 1, "evaluate")["inputs"]["model:policy"]["loaded"] == trained
     assert manifest(scripted, 1, "joint_train")["inputs"]["data.preference"]["path"] == str(
         stage_dir(scripted, 1, "rank") / "pairs.jsonl")
     # the same model, greedy decoding, the same tasks: round 1's "before" is exactly round 0's "after"
