@@ -28,7 +28,6 @@ from alignment.hashing import file_hash_reads, sha256_file
 from alignment.models import gguf as gguf_convert
 from alignment.models import gguf_cache
 from alignment.models.gguf import load_gguf_tokenizer
-from alignment.models.gguf_files import resolve_gguf
 from alignment.models.gguf_cache import (
     MARKER,
     PROVENANCE,
@@ -36,6 +35,7 @@ from alignment.models.gguf_cache import (
     gguf_sha256,
     provision_gguf_model,
 )
+from alignment.models.gguf_files import resolve_gguf
 from alignment.models.loading import load_causal_lm
 from tests.real_model import SMOLLM2_SPEC, smollm2_dir, smollm2_gguf, smollm2_missing  # noqa: F401
 

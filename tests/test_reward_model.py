@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 import torch
-from alignment.world.tiny_model import build_tiny_model, save_model_dir
-from alignment.world.tokenizer import train_tokenizer
 from transformers import AutoModelForSequenceClassification
 
 from alignment.data.collate import collate_preference
@@ -22,6 +20,8 @@ from alignment.models.reward import build_reward_model, save_reward_model
 from alignment.ranking.base import CandidateGroup
 from alignment.ranking.reward_model import RewardModelRanker
 from alignment.train.reward import pair_rewards, sequence_rewards
+from alignment.world.tiny_model import build_tiny_model, save_model_dir
+from alignment.world.tokenizer import train_tokenizer
 
 FILLER = ("red", "blue", "green", "small", "large", "round", "soft", "old", "new", "quick")
 GOOD, BAD = "apple", "stone"
