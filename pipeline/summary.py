@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.evaluation.plots import plt, save_figure
+from alignment.fileio import write_text_atomic
 from pipeline.artifacts import is_complete, read_manifest
 from pipeline.layout import (
     CREATE_INSTRUCTIONS,
@@ -135,9 +136,9 @@ def write_summary(layout: RunLayout, recipe: str, rounds: int, stages: Sequence[
     costs = cost_rows(layout, rounds, stages)
     cost_table = summary_markdown(costs, [c for c in costs[0] if c != "round"]) if costs else ""
     summary = {"recipe": recipe, "rounds": rounds, "rows": rows, "cost": costs}
-    (out / Files.SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-    (out / Files.SUMMARY_MARKDOWN).write_text(f"# {recipe}: {rounds} round(s)\n\n{table}\n"
-                                              f"## Cost per round (seconds, share of the round)\n\n{cost_table}")
+    write_text_atomic(out / Files.SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / Files.SUMMARY_MARKDOWN, f"# {recipe}: {rounds} round(s)\n\n{table}\n"
+                      f"## Cost per round (seconds, share of the round)\n\n{cost_table}")
     for metric in headline_columns(rows):
         plot_rounds(rows, metric, out / f"{metric.replace('/', '_')}.png")
     return summary
