@@ -21,6 +21,7 @@ from stages.config.train_configs import (
     IterateConfig,
     JointTrainConfig,
     PrepareConfig,
+    TrainRMConfig,
     TrainSettings,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "PrepareConfig",
     "RankConfig",
     "StageConfig",
+    "TrainRMConfig",
     "TrainSettings",
     "sampling_problems",
 ]
@@ -48,6 +50,7 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "generate": GenerateConfig,
     "rank": RankConfig,
     "filter": FilterConfig,
+    "train_rm": TrainRMConfig,
     "joint_train": JointTrainConfig,
     "evaluate": EvaluateConfig,
     "iterate": IterateConfig,
