@@ -6,7 +6,9 @@ preference loss is an explicit choice: ``initial`` (the run's base model, fixed 
 RLHFlow's iterative DPO), ``previous`` (the round's starting policy, as in AIPO and self-rewarding loops) or a
 model path. Configs refer to artifacts of the same run with ``round:<stage>[/<file>]`` (this round) and
 ``prev:<stage>[/<file>]`` (the previous round), e.g. ``data.preference.path=round:rank/pairs.jsonl``; only
-this module turns those into paths, so neither bash nor YAML ever builds one.
+this module turns those into paths, so neither bash nor YAML ever builds one. Where a config names a model, a
+bare training reference (``round:train_rm``, ``prev:joint_train``), a complete artifact directory that holds a
+``model/`` and that ``model/`` directory itself all name the same model, identified by its artifact.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.artifacts import StageInput, is_complete
-from pipeline.layout import JOINT_TRAIN, RunLayout, trained_model
+from pipeline.layout import JOINT_TRAIN, TRAIN_RM, Files, RunLayout, trained_model
 
 REFERENCE_CHOICES = ("initial", "previous")
+TRAINING_STAGES = (JOINT_TRAIN, TRAIN_RM)  # stages whose artifact hands on a model (``model/``)
 THIS_ROUND, PREVIOUS_ROUND = "round:", "prev:"
 
 
@@ -75,9 +78,25 @@ def reference_for_round(choice: str, layout: RunLayout, round_index: int, base_m
 
 
 def resolve_model_ref(text: str, layout: RunLayout, round_index: int) -> StageInput:
-    """Like :func:`resolve_ref`, but a bare training reference (``prev:joint_train``) names its model."""
+    """Like :func:`resolve_ref`, but a bare training reference (``prev:joint_train``, ``round:train_rm``) names
+    its model, and so does a complete artifact directory or its ``model/`` (see :func:`model_of_artifact`)."""
     ref = parse_artifact_ref(text)
-    if ref is not None and ref.stage == JOINT_TRAIN and not ref.file:
+    if ref is not None and ref.stage in TRAINING_STAGES and not ref.file:
         artifact = ref.path(layout, round_index)
         return StageInput(str(trained_model(artifact)), str(artifact) if is_complete(artifact) else "")
-    return StageInput(resolve_ref(text, layout, round_index))
+    path = resolve_ref(text, layout, round_index)
+    return model_of_artifact(path) or StageInput(path)
+
+
+def model_of_artifact(path: str | Path) -> StageInput | None:
+    """The model of a complete artifact named by its directory (its :func:`trained_model`) or by its ``model/``
+    or ``model/merged`` directory (loaded as named), identified by the artifact so that both spellings have
+    the same fingerprint; None when ``path`` is neither."""
+    candidate = Path(path)
+    if is_complete(candidate) and (candidate / Files.MODEL).is_dir():
+        return StageInput(str(trained_model(candidate)), str(candidate))
+    for artifact in (candidate.parent, candidate.parent.parent):
+        model = artifact / Files.MODEL
+        if candidate in (model, model / Files.MERGED) and candidate.is_dir() and is_complete(artifact):
+            return StageInput(str(candidate), str(artifact))
+    return None

@@ -6,12 +6,20 @@ Models: ``base`` (the run's base model), ``policy`` (the round's starting policy
 generates with the same sampling settings and seed; generations are cached under
 ``{run_dir}/cache/evaluate/<suite>/<model-key>.jsonl`` keyed by model fingerprint + prompts + sampling, so
 re-judging never regenerates. Copies land in the artifact (``generations/``, ``alpaca_eval/``, ``mt_bench/``).
+
+The win-rate judge is pinned: ``eval.json`` records its fingerprint (the runner's ``judge`` input), dtype,
+encoding or template, truncation limits and seeds, and warns when the judge is the model that ranked the
+training pairs of this run's rounds up to the evaluated one
+(:func:`stages.builders.ranking.circular_judge_warnings`).
+``stage.win_rate_baseline`` makes another model's answers to the same instructions the references.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +29,20 @@ from pipeline.protocol import StageContext, StageResult
 from pipeline.rounds import resolve_ref
 from stages.builders.generation import backend_options, model_source, sampling_settings
 from stages.builders.paths import dataset_path, layout, model_path, policy_input
-from stages.builders.ranking import create_ranker
+from stages.builders.ranking import (
+    MODEL_RANKERS,
+    circular_judge_warnings,
+    create_ranker,
+    judge_report,
+    ranker_model_input,
+)
 from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
 DISTRIBUTED = False
 node_worker = None
 GENERATION_SUITES = ("win_rate", "mt_bench", "verifier")
+JUDGE_INPUT, BASELINE_INPUT = "judge", "win_rate_baseline"
 
 
 # --- models ---------------------------------------------------------------------------------------------------
@@ -43,30 +58,44 @@ def model_key(spec: str) -> str:
     return f"{key}-{content_hash(spec, n_chars=6)}" if len(parts) > 2 else key
 
 
+def resolve_model(run: RunConfig, spec: str) -> dict[str, str]:
+    """``{"spec", "path" (what is loaded), "input" (what identifies it)}`` of one model spec."""
+    path = input_path = resolve_ref(spec, layout(run), run.round)
+    if spec == "base":
+        path = input_path = model_path(run)
+    elif spec == "policy":
+        path, input_path = policy_input(run).path, policy_input(run).source
+    else:
+        for candidate in (Path(run.run_dir) / path, Path(path)):
+            if candidate.is_dir() and is_complete(candidate):  # a stage artifact: evaluate its model
+                path, input_path = str(trained_model(candidate)), str(candidate)
+                break
+    return {"spec": spec, "path": path, "input": input_path}
+
+
 def resolve_models(run: RunConfig) -> dict[str, dict[str, str]]:
-    """``key -> {"spec", "path" (what is loaded), "input" (what identifies it)}`` for every ``stage.models``."""
+    """``key -> resolve_model(spec)`` for every ``stage.models``."""
     models: dict[str, dict[str, str]] = {}
     for spec in run.stage.models:
-        path = input_path = resolve_ref(spec, layout(run), run.round)
-        if spec == "base":
-            path = input_path = model_path(run)
-        elif spec == "policy":
-            path, input_path = policy_input(run).path, policy_input(run).source
-        else:
-            for candidate in (Path(run.run_dir) / path, Path(path)):
-                if candidate.is_dir() and is_complete(candidate):  # a stage artifact: evaluate its model
-                    path, input_path = str(trained_model(candidate)), str(candidate)
-                    break
         key = model_key(spec)
         while key in models:
             key += "_"
-        models[key] = {"spec": spec, "path": path, "input": input_path}
+        models[key] = resolve_model(run, spec)
     return models
+
+
+def resolve_baseline(run: RunConfig) -> dict[str, str] | None:
+    """``stage.win_rate_baseline``: the model whose answers are the win-rate references (None: the file's)."""
+    spec = run.stage.win_rate_baseline
+    return {**resolve_model(run, spec), "key": f"baseline_{model_key(spec)}"} if spec else None
 
 
 def inputs(run: RunConfig) -> dict[str, StageInput]:
     found = {f"model:{key}": StageInput(info["path"], info["input"]) for key, info in resolve_models(run).items()}
     stage = run.stage
+    baseline = resolve_baseline(run)
+    if "win_rate" in stage.suites and baseline is not None:
+        found[BASELINE_INPUT] = StageInput(baseline["path"], baseline["input"])
     if "preference" in stage.suites:
         found["reference_model"] = StageInput(model_path(run))
     optional = {"reference_outputs": ("win_rate", stage.reference_outputs), "mmlu": ("mmlu", stage.mmlu_path),
@@ -77,7 +106,7 @@ def inputs(run: RunConfig) -> dict[str, StageInput]:
     if "verifier" in stage.suites and run.data.eval_tasks.world_split is not None:
         found["data.eval_tasks"] = StageInput(dataset_path(run, run.data.eval_tasks))
     if "win_rate" in stage.suites or ("mt_bench" in stage.suites and stage.mt_bench_judge):
-        found["judge"] = StageInput(stage.ranker_model if stage.ranker != "judge" else stage.judge_model)
+        found[JUDGE_INPUT] = ranker_model_input(run) if stage.ranker in MODEL_RANKERS else StageInput(stage.judge_model)
     return found
 
 
@@ -87,19 +116,13 @@ def inputs(run: RunConfig) -> dict[str, StageInput]:
 def settings_report(run: RunConfig) -> dict[str, Any]:
     """What makes the comparison fair and repeatable: seeds, sampling, judge, data sources, sample limits."""
     stage = run.stage
-    judge: dict[str, Any] = {"ranker": stage.ranker, "model": stage.ranker_model or stage.judge_model,
-                             "both_orders": True, "ties": "half a win"}
-    if stage.ranker == "judge":
-        from alignment.ranking.judge_prompts import PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE
-
-        judge.update(mode=stage.judge_mode, samples=stage.judge_samples, temperature=stage.judge_temperature,
-                     template=PAIRWISE_TEMPLATE if stage.judge_mode == "pairwise" else POINTWISE_TEMPLATE)
     return {"seed": run.seed, "suites": list(stage.suites), "sampling": sampling_settings(stage, run.seed).to_dict(),
             "generation_template": "the tokenizer's chat template (add_generation_prompt=True)",
             "mmlu_template": "MMLU: subject header, k dev shots, lettered options, 'Answer:' + log-likelihood of ' X'",
             "mmlu_shots": list(stage.mmlu_shots) if "mmlu" in stage.suites else [],
             "bootstrap": {"resamples": stage.bootstrap_resamples, "confidence": 0.95, "seed": run.seed},
-            "judge": judge, "loss": {"name": run.loss.name, "beta": run.loss.beta},
+            "judge": judge_report(run), "loss": {"name": run.loss.name, "beta": run.loss.beta},
+            "win_rate_baseline": stage.win_rate_baseline or "the reference_outputs file's outputs",
             "data": {"sft_eval": run.data.sft_eval.path, "preference_eval": run.data.preference_eval.path,
                      "eval_tasks": run.data.eval_tasks.path, "reference_outputs": stage.reference_outputs,
                      "mmlu": stage.mmlu_path, "mt_bench": stage.mt_bench_path},
@@ -117,29 +140,40 @@ def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
 
 
 def run(run: RunConfig, ctx: StageContext) -> StageResult:
-    from alignment.evaluation.report import write_report
+    from alignment.evaluation.report import headline_metrics, write_report
 
     models = resolve_models(run)
     report: dict[str, Any] = {
         "models": {key: {**info, "fingerprint": ctx.fingerprints[f"model:{key}"]} for key, info in models.items()},
-        "settings": settings_report(run), "results": {}}
+        "settings": settings_report(run), "results": {}, "warnings": []}
+    if JUDGE_INPUT in ctx.fingerprints:
+        report["settings"]["judge"]["fingerprint"] = ctx.fingerprints[JUDGE_INPUT]
+        report["warnings"] += circular_judge_warnings(run, ctx.fingerprints[JUDGE_INPUT])
+    baseline = resolve_baseline(run) if BASELINE_INPUT in ctx.fingerprints else None
+    if baseline is not None:
+        baseline["fingerprint"] = ctx.fingerprints[BASELINE_INPUT]
+        report["settings"]["win_rate_baseline"] = baseline
+    for warning in report["warnings"]:
+        print(f"[evaluate] WARNING: {warning}")
+    suites: dict[str, Suite] = {**SUITES, "win_rate": partial(suite_win_rate, baseline=baseline)}
     outputs: set[str] = set()
     for suite in run.stage.suites:
         print(f"[evaluate] suite {suite} on {len(models)} model(s)")
-        results, written = SUITES[suite](run, ctx.work_dir, report["models"])
+        results, written = suites[suite](run, ctx.work_dir, report["models"])
         report["results"][suite] = results
         outputs.update(written)
     outputs.update(write_plots(report, ctx.work_dir))
     write_report(ctx.work_dir / Files.EVAL_JSON, ctx.work_dir / Files.EVAL_MARKDOWN, report)
     outputs.update((Files.EVAL_JSON, Files.EVAL_MARKDOWN))
     metrics = {f"{suite}/{key}": value for suite, per_model in report["results"].items()
-               for key, value in headline(suite, per_model).items()}
+               for key, value in headline_metrics(per_model).items()}
     return StageResult(outputs=sorted(outputs), metrics=metrics)
 
 
 # --- suites: (run, work_dir, models) -> (results per model key, files written) ----------------------------------
 
 Results = tuple[dict[str, Any], list[str]]
+Suite = Callable[[RunConfig, Path, dict[str, Any]], Results]
 
 
 def _cache_file(run: RunConfig, suite: str, key: str) -> Path:
@@ -194,7 +228,11 @@ def suite_preference(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> 
     return results, []
 
 
-def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
+def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any],
+                   baseline: dict[str, str] | None = None) -> Results:
+    """Each model's answers against references judged by ``stage.ranker``: the reference file's outputs, or the
+    answers of the baseline model (``baseline``: ``resolve_baseline`` with its fingerprint) to the same
+    instructions."""
     from alignment.evaluation.suites import alpaca_eval_rows, single_turn_outputs
     from alignment.evaluation.win_rate import (
         Matchup,
@@ -202,6 +240,7 @@ def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
         annotation_rows,
         judge_matchups,
         model_outputs_rows,
+        presentation_orders,
         win_rate_summary,
     )
     from alignment.hashing import content_hash
@@ -211,11 +250,16 @@ def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
     prompts = [(content_hash({"instruction": r["instruction"]}), r["instruction"]) for r in rows]
     outputs: dict[str, list[str]] = {}
     results: dict[str, Any] = {}
-    for key, info in models.items():
+    for key, info in [*models.items(), *([(baseline["key"], baseline)] if baseline else [])]:
         generated, reused = single_turn_outputs(_generator(run, info), prompts, _cache_file(run, "win_rate", key),
                                                 stage.max_prompt_tokens)
         outputs[key] = [row["responses"][0] for row in generated]
         results[key] = {"generations_reused": reused}
+    if baseline:  # the baseline model's answers replace the file's outputs
+        rows = [{**row, "output": text, "generator": baseline["key"]}
+                for row, text in zip(rows, outputs[baseline["key"]], strict=True)]
+        results.pop(baseline["key"])
+    references = [row["output"] for row in rows]
     written = []
     with create_ranker(run) as ranker:
         annotator = f"{ranker.name}:{stage.ranker_model or stage.judge_model}"
@@ -230,11 +274,11 @@ def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
             folder.mkdir(parents=True, exist_ok=True)
             (folder / Files.MODEL_OUTPUTS).write_text(json.dumps(model_outputs_rows(matchups, key), indent=2))
             (folder / Files.ANNOTATIONS).write_text(json.dumps(annotations, indent=2))
-            results[key].update(win_rate_summary(wins, outputs[key], stage.bootstrap_resamples, run.seed),
-                                unscored_judgements=unscored, alpaca_eval=alpaca_eval_metrics(annotations))
+            results[key].update(win_rate_summary(wins, outputs[key], stage.bootstrap_resamples, run.seed,
+                                                 references), unscored_judgements=unscored,
+                                alpaca_eval=alpaca_eval_metrics(annotations))
             written.append(Files.ALPACA_EVAL)
-        results["_judge"] = ranker.describe()
-    judge = results.pop("_judge")
+        judge = {**ranker.describe(), "orders": len(presentation_orders(ranker)), "counts": ranker.counters()}
     for key in models:
         results[key]["judge"] = judge
     return results, sorted(set(written))
@@ -311,8 +355,9 @@ def suite_verifier(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
     return results, []
 
 
-SUITES = {"sft_loss": suite_sft_loss, "preference": suite_preference, "win_rate": suite_win_rate,
-          "mmlu": suite_mmlu, "mt_bench": suite_mt_bench, "verifier": suite_verifier}
+SUITES: dict[str, Suite] = {"sft_loss": suite_sft_loss, "preference": suite_preference,
+                            "win_rate": suite_win_rate, "mmlu": suite_mmlu, "mt_bench": suite_mt_bench,
+                            "verifier": suite_verifier}
 
 
 # --- plots and headline metrics -------------------------------------------------------------------------------
@@ -352,17 +397,3 @@ def write_plots(report: dict[str, Any], work_dir: Path) -> list[str]:
         plot_length_distribution(lengths, work_dir / Files.OUTPUT_LENGTHS_PLOT)
         written.append(Files.OUTPUT_LENGTHS_PLOT)
     return written
-
-
-def headline(suite: str, per_model: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's few numbers per suite and model (the full report is eval.json)."""
-    from alignment.evaluation.report import flatten, is_estimate
-
-    found = {}
-    for key, values in per_model.items():
-        for name, value in flatten(values).items():
-            if is_estimate(value):
-                found[f"{key}/{name}"] = value["value"]
-            elif name in ("sft_loss", "perplexity", "pref_loss", "reward_margin"):
-                found[f"{key}/{name}"] = value
-    return found

@@ -87,17 +87,11 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
     from alignment.models.loading import load_tokenizer, save_trained
     from alignment.train.loop import JointTrainer, LoopSettings
     from alignment.train.metrics_log import MetricsLog
-    from alignment.train.setup import make_accelerator, make_optimizer, make_scheduler
-    from stages.builders.training import build_policy
+    from alignment.train.setup import make_optimizer, make_scheduler
+    from stages.builders.training import build_policy, training_accelerator
 
     stage, train = run.stage, run.stage.train
-    if stage.num_threads:
-        torch.set_num_threads(stage.num_threads)
-    accelerator = make_accelerator(stage.strategy, train.precision, train.grad_accum, stage.zero_stage,
-                                   stage.offload, train.max_grad_norm, run.tracking.backends,
-                                   str(ctx.logs_dir), micro_batch_size=train.sft_batch_size)
-    if run.tracking.backends:
-        accelerator.init_trackers(run.tracking.project)
+    accelerator = training_accelerator(run, str(ctx.logs_dir), micro_batch_size=train.sft_batch_size)
     torch.manual_seed(run.seed)
     tokenizer = load_tokenizer(ctx.inputs["policy"], run.model.trust_remote_code)
     examples, data_stats = _load_data(run, tokenizer)

@@ -18,7 +18,13 @@ from pipeline.artifacts import ArtifactError, StageInput, is_complete
 from pipeline.layout import GENERATE, Files
 from pipeline.protocol import StageContext, StageResult
 from stages.builders.paths import layout
-from stages.builders.ranking import create_ranker, judge_identity, judge_model
+from stages.builders.ranking import (
+    MODEL_RANKERS,
+    create_ranker,
+    judge_identity,
+    judge_model,
+    ranker_model_input,
+)
 from stages.config.run_config import RunConfig
 
 STAGE_VERSION = 1
@@ -34,8 +40,8 @@ def responses_dir(run: RunConfig) -> str:
 
 def inputs(run: RunConfig) -> dict[str, StageInput]:
     found = {"responses": StageInput(responses_dir(run))}
-    if run.stage.ranker in ("pairrm", "reward_model"):
-        found["ranker_model"] = StageInput(run.stage.ranker_model)
+    if run.stage.ranker in MODEL_RANKERS:
+        found["ranker_model"] = ranker_model_input(run)
     if run.stage.ranker == "judge":
         found["judge"] = StageInput(judge_model(run), judge_identity(run))
     return found

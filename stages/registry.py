@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pipeline.protocol import Stage
-from stages import create_instructions, evaluate, filter, generate, joint_train, prepare, rank
+from stages import create_instructions, evaluate, filter, generate, joint_train, prepare, rank, train_rm
 
 STAGES: Mapping[str, Stage] = {
     "prepare": prepare,
@@ -17,6 +17,7 @@ STAGES: Mapping[str, Stage] = {
     "generate": generate,
     "rank": rank,
     "filter": filter,
+    "train_rm": train_rm,
     "joint_train": joint_train,
     "evaluate": evaluate,
 }

@@ -38,6 +38,19 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def headline_metrics(per_model: Mapping[str, Any]) -> dict[str, Any]:
+    """The few numbers per model of one suite that go into a manifest (the full report is ``eval.json``):
+    every estimate's value and the held-out losses, as ``<model>/<dotted metric>``."""
+    found = {}
+    for key, values in per_model.items():
+        for name, value in flatten(values).items():
+            if is_estimate(value):
+                found[f"{key}/{name}"] = value["value"]
+            elif name in ("sft_loss", "perplexity", "pref_loss", "reward_margin"):
+                found[f"{key}/{name}"] = value
+    return found
+
+
 def suite_table(per_model: Mapping[str, Any], models: Sequence[str]) -> str:
     """One markdown table: a row per metric, a column per model."""
     flat = {model: flatten(per_model.get(model, {})) for model in models}
@@ -57,6 +70,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     parts = ["# Evaluation", "", "## Models", ""]
     parts += [f"- `{key}`: {info['path']} (fingerprint `{str(info.get('fingerprint', ''))[:16]}`)"
               for key, info in report["models"].items()]
+    if report.get("warnings"):
+        parts += ["", "## Warnings", ""] + [f"- **{warning}**" for warning in report["warnings"]]
     parts += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=2, default=str), "```"]
     for suite, per_model in report["results"].items():
         parts += ["", f"## {suite}", "", suite_table(per_model, models)]

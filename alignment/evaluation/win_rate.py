@@ -1,7 +1,10 @@
 """Win rate of a model's outputs against reference outputs (AlpacaEval style), judged by any ranker.
 
 Every instruction is judged in both presentation orders (model first, reference first) so a position bias of
-the judge cancels; a tie counts as half a win. Results are also written in AlpacaEval's own formats
+the judge cancels; a judge that scores each answer on its own (``Ranker.order_invariant``, e.g. a reward
+model) is asked once, since the order cannot change its verdict. The answer with the higher score wins; a tie
+counts as half a win. The references are any outputs to the same instructions: AlpacaEval's reference
+outputs, or another model's answers (a baseline model, the previous round's policy). Results are also written in AlpacaEval's own formats
 (``model_outputs.json`` rows ``{instruction, output, generator, dataset}`` and annotations with ``output_1`` =
 reference, ``output_2`` = model and ``preference`` in [1, 2], 2 = the model wins), which the optional
 ``alpaca_eval`` package can score too (:func:`alpaca_eval_metrics`, re-exported from
@@ -48,32 +51,49 @@ def _group(matchup: Matchup, model_first: bool) -> CandidateGroup:
                           messages=({"role": "user", "content": matchup.instruction},), responses=responses)
 
 
+def presentation_orders(ranker: Ranker) -> tuple[bool, ...]:
+    """The orders a matchup is shown in, as ``model_first`` flags: both, or one for an order-invariant judge."""
+    return (True,) if ranker.order_invariant else (True, False)
+
+
 def judge_matchups(ranker: Ranker, matchups: Sequence[Matchup]) -> tuple[list[float], int]:
-    """The model's win probability per matchup (mean over both orders; ties 0.5) and the number of
-    unscorable judgements (counted, and then taken as ties so every instruction keeps its weight)."""
-    groups = [_group(m, model_first) for m in matchups for model_first in (True, False)]
+    """The model's win probability per matchup (mean over the presentation orders; ties 0.5) and the number
+    of unscorable judgements (counted, and then taken as ties so every instruction keeps its weight)."""
+    orders = presentation_orders(ranker)
+    groups = [_group(m, model_first) for m in matchups for model_first in orders]
     scored = ranker.score_groups(groups) if groups else []
     wins: list[float] = []
     unscored = 0
     for index in range(len(matchups)):
-        first, second = scored[2 * index].scores, scored[2 * index + 1].scores
-        outcomes = [order_outcome(first[0], first[1]), order_outcome(second[1], second[0])]
+        outcomes = []
+        for offset, model_first in enumerate(orders):
+            scores = scored[len(orders) * index + offset].scores
+            model, reference = (scores[0], scores[1]) if model_first else (scores[1], scores[0])
+            outcomes.append(order_outcome(model, reference))
         unscored += sum(1 for outcome in outcomes if outcome is None)
-        wins.append(sum(0.5 if o is None else o for o in outcomes) / 2)
+        wins.append(sum(0.5 if o is None else o for o in outcomes) / len(outcomes))
     return wins, unscored
 
 
 def win_rate_summary(wins: Sequence[float], outputs: Sequence[str], resamples: int = DEFAULT_RESAMPLES,
-                     seed: int = 0) -> dict[str, Any]:
-    """Win rate with its bootstrap CI, win/tie/loss counts and the mean output length beside it."""
+                     seed: int = 0, references: Sequence[str] | None = None) -> dict[str, Any]:
+    """Win rate with its bootstrap CI, win/tie/loss counts and the mean output length beside it (and the
+    references' mean length, when given, so a length bias of the judge shows)."""
     if not wins:
         raise ValueError("no matchups to summarise")
-    lengths = [len(text) for text in outputs]
-    return {"win_rate": estimate(wins, resamples, seed).to_dict(),
-            "wins": sum(1 for w in wins if w > 0.5), "ties": sum(1 for w in wins if w == 0.5),
-            "losses": sum(1 for w in wins if w < 0.5), "n": len(wins),
-            "mean_output_chars": sum(lengths) / len(lengths),
-            "mean_output_words": sum(len(text.split()) for text in outputs) / len(outputs)}
+    summary = {"win_rate": estimate(wins, resamples, seed).to_dict(),
+               "wins": sum(1 for w in wins if w > 0.5), "ties": sum(1 for w in wins if w == 0.5),
+               "losses": sum(1 for w in wins if w < 0.5), "n": len(wins),
+               "mean_output_chars": mean_chars(outputs),
+               "mean_output_words": sum(len(text.split()) for text in outputs) / len(outputs)}
+    if references is not None:
+        summary["mean_reference_chars"] = mean_chars(references)
+    return summary
+
+
+def mean_chars(texts: Sequence[str]) -> float:
+    """Mean length of ``texts`` in characters (0 for none)."""
+    return sum(len(text) for text in texts) / len(texts) if texts else 0.0
 
 
 def model_outputs_rows(matchups: Sequence[Matchup], generator: str) -> list[dict[str, Any]]:

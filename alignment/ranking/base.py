@@ -40,6 +40,9 @@ class Ranker(abc.ABC):
     """Scores candidate groups; subclasses implement :meth:`score_groups`."""
 
     name: str = "?"
+    # True when a response's score depends on nothing but the prompt and that response (a deterministic
+    # pointwise scorer): the order the candidates are presented in cannot change a comparison
+    order_invariant: bool = False
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()

@@ -33,7 +33,7 @@ class JudgeRanker(Ranker):
 
     def describe(self) -> dict[str, Any]:
         return {"ranker": self.name, "mode": self.mode, "backend": self.backend.describe(),
-                "sampling": self.settings.to_dict()}
+                "sampling": self.settings.to_dict(), "max_prompt_tokens": self.max_prompt_tokens}
 
     def close(self) -> None:
         self.backend.close()

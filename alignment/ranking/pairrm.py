@@ -33,14 +33,15 @@ class PairRMRanker(Ranker):
     def __init__(self, name_or_path: str, batch_size: int = 16, device: str | None = None, dtype: str = "float32",
                  source_max: int = SOURCE_MAX_TOKENS, candidate_max: int = CANDIDATE_MAX_TOKENS, seed: int = 0):
         super().__init__()
-        self.path, self.batch_size, self.seed = name_or_path, batch_size, seed
+        self.path, self.batch_size, self.seed, self.dtype = name_or_path, batch_size, seed, dtype
         self.source_max, self.candidate_max = source_max, candidate_max
         self.device = default_device(device)
         self.model, self.tokenizer = load_pairrm(name_or_path, self.device, DTYPES[dtype])
 
     def describe(self) -> dict[str, Any]:
-        return {"ranker": self.name, "model": self.path, "device": self.device, "source_max": self.source_max,
-                "candidate_max": self.candidate_max}
+        return {"ranker": self.name, "model": self.path, "device": self.device, "dtype": self.dtype,
+                "source_max": self.source_max, "candidate_max": self.candidate_max, "seed": self.seed,
+                "orders": "every ordered pair of candidates"}
 
     @torch.inference_mode()
     def compare(self, sources: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[float]:

@@ -28,6 +28,7 @@ class RewardModelRanker(Ranker):
     """Scores ``(prompt, response)`` with the model's first output logit, ``batch_size`` at a time."""
 
     name = "reward_model"
+    order_invariant = True
 
     def __init__(self, name_or_path: str, batch_size: int = 16, device: str | None = None, dtype: str = "float32",
                  max_tokens: int = 2048, encoding: str = "training"):
@@ -37,6 +38,7 @@ class RewardModelRanker(Ranker):
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding={encoding!r}; expected one of {', '.join(ENCODINGS)}")
         self.path, self.batch_size, self.max_tokens, self.encoding = name_or_path, batch_size, max_tokens, encoding
+        self.dtype = dtype
         self.device = default_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=DTYPES[dtype],
@@ -44,8 +46,11 @@ class RewardModelRanker(Ranker):
         self.model = model.to(self.device).eval()
 
     def describe(self) -> dict[str, Any]:
-        return {"ranker": self.name, "model": self.path, "device": self.device, "max_tokens": self.max_tokens,
-                "encoding": self.encoding, "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
+        truncation = ("oldest prompt tokens first, then the end of the response" if self.encoding == "training"
+                      else "the first max_tokens tokens are kept")
+        return {"ranker": self.name, "model": self.path, "device": self.device, "dtype": self.dtype,
+                "max_tokens": self.max_tokens, "encoding": self.encoding, "truncation": truncation,
+                "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
 
     def encode(self, messages: Sequence[dict[str, str]], prompt: str, response: str) -> list[int]:
         """Token ids of ``response`` to the conversation ``messages`` (``prompt`` as a user turn when there are

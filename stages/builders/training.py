@@ -12,6 +12,24 @@ from stages.builders.paths import layout
 from stages.config.run_config import RunConfig
 
 
+def training_accelerator(run: RunConfig, logs_dir: str, micro_batch_size: int) -> Any:
+    """The accelerate runtime of a training stage (``stage.strategy``, ``stage.train`` precision and
+    accumulation, trackers started), after applying ``stage.num_threads``."""
+    import torch
+
+    from alignment.train.setup import make_accelerator
+
+    stage, train = run.stage, run.stage.train
+    if stage.num_threads:
+        torch.set_num_threads(stage.num_threads)
+    accelerator = make_accelerator(stage.strategy, train.precision, train.grad_accum, stage.zero_stage,
+                                   stage.offload, train.max_grad_norm, run.tracking.backends, logs_dir,
+                                   micro_batch_size=micro_batch_size)
+    if run.tracking.backends:
+        accelerator.init_trackers(run.tracking.project)
+    return accelerator
+
+
 def build_policy(run: RunConfig, inputs: dict[str, str]) -> tuple[Any, Any, str]:
     """The trainable policy, a function giving reference log-probs (None if the loss needs none) and what the
     reference is (recorded in the manifest)."""

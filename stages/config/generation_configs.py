@@ -245,7 +245,9 @@ class EvaluateConfig(RankerSettings, GenerationRuntimeFields, StageConfig):
 
     ``sft_loss`` (``data.sft_eval``), ``preference`` (``data.preference_eval``, reference = the base model,
     loss = ``loss.*``), ``win_rate`` against ``reference_outputs`` (AlpacaEval jsonl/json: instruction, output,
-    generator) judged by ``ranker`` (pairrm | reward_model with ``ranker_model``, judge with ``judge_model``),
+    generator) judged by ``ranker`` (pairrm | reward_model with ``ranker_model``: a directory, a ``train_rm``
+    artifact or ``round:``/``prev:train_rm``; judge with ``judge_model``); with ``win_rate_baseline`` (a model spec
+    like ``models``) that model's answers to the same instructions are the references instead,
     ``mmlu`` (``mmlu_path``: dev.jsonl + test.jsonl, ``mmlu_shots``), ``mt_bench`` (``mt_bench_path``:
     question.jsonl; ``mt_bench_judge`` scores answers with the pointwise judge) and ``verifier`` (the embedded world's ``data.eval_tasks``). Every model generates with the
     same sampling fields (greedy by default); ``*_max_*`` fields keep the first rows.
@@ -257,6 +259,7 @@ class EvaluateConfig(RankerSettings, GenerationRuntimeFields, StageConfig):
     suites: list[str] = field(default_factory=lambda: ["sft_loss", "preference", "verifier"])
     bootstrap_resamples: int = 1000
     reference_outputs: str = ""
+    win_rate_baseline: str = ""
     max_instructions: int | None = None
     ranker: str = "pairrm"
     judge_mode: str = "pairwise"
@@ -293,6 +296,8 @@ class EvaluateConfig(RankerSettings, GenerationRuntimeFields, StageConfig):
         for suite, keys in needs.items():
             problems += [f"stage.{key} must be set for suite {suite}" for key in keys
                          if suite in self.suites and not getattr(self, key)]
+        if self.win_rate_baseline and "win_rate" not in self.suites:
+            problems.append("stage.win_rate_baseline is only used by suite win_rate; add it to stage.suites")
         if "win_rate" in self.suites and self.ranker in ("pairrm", "reward_model") and not self.ranker_model:
             problems.append(f"stage.ranker_model must name a checkpoint for stage.ranker={self.ranker}")
         if ("win_rate" in self.suites or self.mt_bench_judge) and self.ranker == "judge" and not self.judge_model:

@@ -21,6 +21,7 @@ from stages.config.train_configs import (
     IterateConfig,
     JointTrainConfig,
     PrepareConfig,
+    TrainRMConfig,
     TrainSettings,
 )
 from stages.config.verify_config import VerifyConfig
@@ -38,6 +39,7 @@ __all__ = [
     "PrepareConfig",
     "RankConfig",
     "StageConfig",
+    "TrainRMConfig",
     "TrainSettings",
     "VerifyConfig",
     "sampling_problems",
@@ -50,6 +52,7 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "generate": GenerateConfig,
     "rank": RankConfig,
     "filter": FilterConfig,
+    "train_rm": TrainRMConfig,
     "joint_train": JointTrainConfig,
     "evaluate": EvaluateConfig,
     "iterate": IterateConfig,

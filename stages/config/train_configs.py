@@ -1,4 +1,5 @@
-"""Configs of the training stages: ``prepare``, ``joint_train`` (with :class:`TrainSettings`) and ``filter``."""
+"""Configs of the training stages: ``prepare``, ``joint_train`` (with :class:`TrainSettings`), ``train_rm`` and
+``filter``."""
 
 from __future__ import annotations
 
@@ -101,6 +102,54 @@ class JointTrainConfig(StageConfig):
             problems.append("stage.ref_pareto must be a list of [sft_loss, pref_loss] pairs")
         at_least(problems, "stage", self, ("early_stop_eps",), 0, allow_none=True)
         at_least(problems, "stage", self, ("num_threads",), 0)
+        return problems
+
+
+DATA_HALVES = ("all", "first", "second")
+
+
+@dataclass
+class TrainRMConfig(StageConfig):
+    """A Bradley-Terry reward model trained on ``data.preference`` (held-out ``data.preference_eval``).
+
+    ``base_model``: the causal LM the reward model starts from ("" = the run's base model ``model.*``; a model
+    directory, a ``joint_train``/``train_rm`` artifact or ``round:``/``prev:`` reference to one). A scalar head
+    reads the last non-padding token; LoRA with ``model.lora.*``, else full fine-tuning; ``stage.train`` as in
+    joint_train (``pref_batch_size`` pairs per micro-batch). ``margin``: use each pair's ``margin`` column as
+    the Bradley-Terry margin when the rows carry one (none otherwise). ``center_rewards_coefficient``: TRL's
+    reward centering (null = off). ``data_half``: train on all rows of ``data.preference`` or only on the
+    ``first``/``second`` half of them (in file order, after ``max_rows``), so two reward models can be trained
+    on disjoint data, e.g. a ranker and a judge.
+    """
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data.preference", "data.preference_eval", "data.max_length",
+                                           "data.truncation", "data.on_bad_row", "data.duplicates", "seed")
+    name: str = "train_rm"
+    base_model: str = ""
+    train: TrainSettings = field(default_factory=TrainSettings)
+    margin: bool = False
+    center_rewards_coefficient: float | None = None
+    data_half: str = "all"
+    strategy: str = runtime("auto")
+    zero_stage: int = runtime(2)
+    offload: bool = runtime(False)
+    num_threads: int = runtime(0)
+
+    def validate(self, run: RunConfig) -> list[str]:
+        problems = super().validate(run) + self.train.validate("stage.train")
+        check_choice(problems, "stage.data_half", self.data_half, DATA_HALVES)
+        check_choice(problems, "stage.strategy", self.strategy, ("auto", "ddp", "deepspeed"))
+        if self.zero_stage not in (0, 1, 2, 3):
+            problems.append(f"stage.zero_stage must be 0..3 (got {self.zero_stage})")
+        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
+            problems.append(f"stage.center_rewards_coefficient must be >= 0 or null (got "
+                            f"{self.center_rewards_coefficient})")
+        if not run.data.preference.path:
+            problems.append("data.preference.path must name the preference pairs to train the reward model on")
+        if self.train.prefix_sharing:
+            problems.append("stage.train.prefix_sharing must be false: a reward model scores whole sequences")
+        if self.train.ref_cache or self.train.ref_cache_eager:
+            problems.append("stage.train.ref_cache must be false: reward-model training has no reference model")
         return problems
 
 
