@@ -195,7 +195,8 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
                for i in range(0, len(heldout_pairs), train.pref_batch_size)]
 
     def evaluate() -> dict[str, float]:
-        return {f"eval/{key}": value for key, value in evaluate_reward_model(model, heldout, seed=run.seed).items()}
+        found = evaluate_reward_model(model, heldout, seed=run.seed, progress=run.stage.progress)
+        return {f"eval/{key}": value for key, value in found.items()}
 
     settings = LoopSettings(max_steps=train.max_steps, grad_accum=train.grad_accum, max_grad_norm=train.max_grad_norm,
                             eval_every=train.eval_every, save_every=train.save_every,
