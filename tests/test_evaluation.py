@@ -225,3 +225,13 @@ def test_model_keys_are_short_and_distinct() -> None:
     assert model_key("base") == "base" and model_key("round_00/joint_train") == "round_00_joint_train"
     long_a, long_b = model_key("/runs/a/round_00/joint_train/model"), model_key("/runs/b/round_00/joint_train/model")
     assert long_a.startswith("joint_train_model-") and long_a != long_b
+
+
+def test_the_win_rate_on_length_matched_pairs_leaves_out_pairs_of_different_lengths() -> None:
+    from alignment.evaluation.win_rate import length_matched, win_rate_summary
+
+    assert length_matched("x" * 100, "y" * 80) and not length_matched("x" * 100, "y" * 79)
+    outputs, references = ["a" * 100, "b" * 300, "c" * 50], ["r" * 90, "s" * 100, "t" * 55]
+    summary = win_rate_summary([1.0, 1.0, 0.0], outputs, resamples=50, seed=0, references=references)
+    assert summary["length_matched"]["n"] == 2  # the long second answer's win is left out
+    assert summary["length_matched"]["win_rate"]["value"] == 0.5 and summary["win_rate"]["value"] == 2 / 3

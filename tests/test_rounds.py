@@ -31,7 +31,9 @@ from stages.iterate import planned_runs, run_rounds, write_summary
 
 RECIPES = sorted(p.stem for p in (Path(CONFIG_DIR) / "recipe").glob("*.yaml") if p.stem != "none")
 # what a recipe cannot know: the checkpoint of a ranker model (required where the recipe ranks with one)
-RECIPE_EXTRAS = {"rlhflow": ("recipe.stage_settings.rank.ranker_model=/models/reward",)}
+RECIPE_EXTRAS = {"rlhflow": ("recipe.stage_settings.rank.ranker_model=/models/reward",),
+                 "smol": ("recipe.stage_settings.rank.ranker_model=/models/reward",
+                          "recipe.stage_settings.evaluate.ranker_model=/models/judge")}
 LORA_PROBLEM = "recipe.stage_settings.joint_train.save_merged=true"
 
 

@@ -40,13 +40,17 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def headline_metrics(per_model: Mapping[str, Any]) -> dict[str, Any]:
     """The few numbers per model of one suite that go into a manifest (the full report is ``eval.json``):
-    every estimate's value and the held-out losses, as ``<model>/<dotted metric>``."""
+    every estimate's value (a win rate with its interval too), the held-out losses and the answers' mean length,
+    as ``<model>/<dotted metric>``."""
     found = {}
     for key, values in per_model.items():
         for name, value in flatten(values).items():
             if is_estimate(value):
                 found[f"{key}/{name}"] = value["value"]
-            elif name in ("sft_loss", "perplexity", "pref_loss", "reward_margin"):
+                if name == "win_rate":
+                    found.update({f"{key}/{name}.low": value["low"], f"{key}/{name}.high": value["high"]})
+            elif name in ("sft_loss", "perplexity", "pref_loss", "reward_margin", "mean_output_words",
+                          "mean_reference_words"):
                 found[f"{key}/{name}"] = value
     return found
 

@@ -75,6 +75,9 @@ def judge_matchups(ranker: Ranker, matchups: Sequence[Matchup]) -> tuple[list[fl
     return wins, unscored
 
 
+LENGTH_MATCH_TOLERANCE = 0.2
+
+
 def win_rate_summary(wins: Sequence[float], outputs: Sequence[str], resamples: int = DEFAULT_RESAMPLES,
                      seed: int = 0, references: Sequence[str] | None = None) -> dict[str, Any]:
     """Win rate with its bootstrap CI, win/tie/loss counts and the mean output length beside it (and the
@@ -88,7 +91,18 @@ def win_rate_summary(wins: Sequence[float], outputs: Sequence[str], resamples: i
                "mean_output_words": sum(len(text.split()) for text in outputs) / len(outputs)}
     if references is not None:
         summary["mean_reference_chars"] = mean_chars(references)
+        summary["mean_reference_words"] = sum(len(text.split()) for text in references) / max(1, len(references))
+        matched = [w for w, out, ref in zip(wins, outputs, references, strict=True) if length_matched(out, ref)]
+        summary["length_matched"] = {"n": len(matched), **({"win_rate": estimate(matched, resamples, seed).to_dict()}
+                                                           if matched else {})}
     return summary
+
+
+def length_matched(output: str, reference: str, tolerance: float = LENGTH_MATCH_TOLERANCE) -> bool:
+    """Whether two answers' lengths in characters differ by at most ``tolerance`` of the longer one: on such
+    pairs a judge's preference cannot come from length alone."""
+    longer = max(len(output), len(reference), 1)
+    return abs(len(output) - len(reference)) <= tolerance * longer
 
 
 def mean_chars(texts: Sequence[str]) -> float:
