@@ -171,7 +171,8 @@ def _heldout_batches(run: RunConfig, tokenizer: Any, which: str) -> list[Any]:
 def suite_sft_loss(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
     from alignment.evaluation.heldout import heldout_sft
 
-    return {key: with_scoring(run, info, lambda model, tok: heldout_sft(model, _heldout_batches(run, tok, "sft")))
+    return {key: with_scoring(run, info, lambda model, tok: heldout_sft(model, _heldout_batches(run, tok, "sft"),
+                                                                       run.stage.progress))
             for key, info in models.items()}, []
 
 
@@ -188,7 +189,7 @@ def suite_preference(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> 
     def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
         component = preference_component(run, reference, tokenizer)
         return heldout_preference(model, _heldout_batches(run, tokenizer, "preference"), component,
-                                  run.stage.bootstrap_resamples, run.seed)
+                                  run.stage.bootstrap_resamples, run.seed, run.stage.progress)
 
     results = {key: with_scoring(run, info, evaluate) for key, info in models.items()}
     return results, []
@@ -213,7 +214,7 @@ def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
     results: dict[str, Any] = {}
     for key, info in models.items():
         generated, reused = single_turn_outputs(_generator(run, info), prompts, _cache_file(run, "win_rate", key),
-                                                stage.max_prompt_tokens)
+                                                stage.max_prompt_tokens, stage.progress)
         outputs[key] = [row["responses"][0] for row in generated]
         results[key] = {"generations_reused": reused}
     written = []
@@ -233,7 +234,7 @@ def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
             results[key].update(win_rate_summary(wins, outputs[key], stage.bootstrap_resamples, run.seed),
                                 unscored_judgements=unscored, alpaca_eval=alpaca_eval_metrics(annotations))
             written.append(Files.ALPACA_EVAL)
-        results["_judge"] = ranker.describe()
+        results["_judge"] = {**ranker.describe(), "counts": ranker.counters()}  # e.g. unparseable judge outputs
     judge = results.pop("_judge")
     for key in models:
         results[key]["judge"] = judge
@@ -254,7 +255,7 @@ def suite_mmlu(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Result
     def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
         return {f"{shots}_shot": mmlu_accuracy(model, lambda text: encode_text(tokenizer, text), test, dev, shots,
                                                tokenizer.bos_token_id, stage.bootstrap_resamples, run.seed,
-                                               stage.max_prompt_tokens)
+                                               stage.max_prompt_tokens, stage.progress)
                 for shots in stage.mmlu_shots}
 
     return {key: with_scoring(run, info, evaluate) for key, info in models.items()}, []
@@ -305,7 +306,7 @@ def suite_verifier(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
     results: dict[str, Any] = {}
     for key, info in models.items():
         rows, reused = single_turn_outputs(_generator(run, info), prompts, _cache_file(run, "verifier", key),
-                                           run.stage.max_prompt_tokens)
+                                           run.stage.max_prompt_tokens, run.stage.progress)
         scores = verifier_scores(tasks, [row["responses"][0] for row in rows], run.stage.bootstrap_resamples, run.seed)
         results[key] = {**scores, "tasks": len(tasks), "generations_reused": reused}
     return results, []
