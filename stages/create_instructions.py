@@ -97,7 +97,7 @@ def _self_instruct_rows(run: RunConfig) -> tuple[list[dict[str, Any]], dict[str,
     choice = create_backend(stage.backend, policy_source(run), backend_options(run))
     with choice.backend as backend:
         generated, report = self_instruct(backend, seeds, settings, sampling_settings(stage, settings.seed),
-                                          post_filter)
+                                          post_filter, progress=stage.progress)
     extras: list[dict[str, Any]] = [{} for _ in generated]
     if stage.n_clusters and generated:
         keep, labels = select_diverse(generated, stage.n_instructions, stage.n_clusters, run.seed)

@@ -205,7 +205,8 @@ def _heldout_batches(run: RunConfig, tokenizer: Any, which: str) -> list[Any]:
 def suite_sft_loss(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
     from alignment.evaluation.heldout import heldout_sft
 
-    return {key: with_scoring(run, info, lambda model, tok: heldout_sft(model, _heldout_batches(run, tok, "sft")))
+    return {key: with_scoring(run, info, lambda model, tok: heldout_sft(model, _heldout_batches(run, tok, "sft"),
+                                                                       run.stage.progress))
             for key, info in models.items()}, []
 
 
@@ -222,7 +223,7 @@ def suite_preference(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> 
     def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
         component = preference_component(run, reference, tokenizer)
         return heldout_preference(model, _heldout_batches(run, tokenizer, "preference"), component,
-                                  run.stage.bootstrap_resamples, run.seed)
+                                  run.stage.bootstrap_resamples, run.seed, run.stage.progress)
 
     results = {key: with_scoring(run, info, evaluate) for key, info in models.items()}
     return results, []
@@ -252,7 +253,7 @@ def suite_win_rate(run: RunConfig, work_dir: Path, models: dict[str, Any],
     results: dict[str, Any] = {}
     for key, info in [*models.items(), *([(baseline["key"], baseline)] if baseline else [])]:
         generated, reused = single_turn_outputs(_generator(run, info), prompts, _cache_file(run, "win_rate", key),
-                                                stage.max_prompt_tokens)
+                                                stage.max_prompt_tokens, stage.progress)
         outputs[key] = [row["responses"][0] for row in generated]
         results[key] = {"generations_reused": reused}
     if baseline:  # the baseline model's answers replace the file's outputs
@@ -298,7 +299,7 @@ def suite_mmlu(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Result
     def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
         return {f"{shots}_shot": mmlu_accuracy(model, lambda text: encode_text(tokenizer, text), test, dev, shots,
                                                tokenizer.bos_token_id, stage.bootstrap_resamples, run.seed,
-                                               stage.max_prompt_tokens)
+                                               stage.max_prompt_tokens, stage.progress)
                 for shots in stage.mmlu_shots}
 
     return {key: with_scoring(run, info, evaluate) for key, info in models.items()}, []
@@ -349,7 +350,7 @@ def suite_verifier(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Re
     results: dict[str, Any] = {}
     for key, info in models.items():
         rows, reused = single_turn_outputs(_generator(run, info), prompts, _cache_file(run, "verifier", key),
-                                           run.stage.max_prompt_tokens)
+                                           run.stage.max_prompt_tokens, run.stage.progress)
         scores = verifier_scores(tasks, [row["responses"][0] for row in rows], run.stage.bootstrap_resamples, run.seed)
         results[key] = {**scores, "tasks": len(tasks), "generations_reused": reused}
     return results, []

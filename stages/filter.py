@@ -153,7 +153,8 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
     with MetricsLog(ctx.logs_dir / Files.METRICS) as metrics_log:
         result = train_selector(setup.model, setup.proxy, setup.selector, setup.golden, setup.candidates,
                                 setup.loss_fn, setup.settings,
-                                on_log=lambda record: metrics_log.write(int(record["step"]), record))
+                                on_log=lambda record: metrics_log.write(int(record["step"]), record),
+                                progress=stage.progress)
     metrics = _write_selection(run, ctx.work_dir, setup.loaded["candidates"]["rows"], setup.selector.weight_map())
     metrics.update({"steps": result.steps, "steps_per_epoch": setup.settings.steps_per_epoch,
                     "filter_seconds": round(result.seconds, 3),

@@ -136,14 +136,14 @@ def _generate_shards(run: RunConfig, work_dir: Any, rank: int, workers: int) -> 
         print(f"[generate] worker {rank}/{workers}: {len(todo)} of {len(mine)} shard(s) to generate with "
               f"{choice.backend.name} ({choice.backend.startup_seconds:.1f}s start-up)")
 
-        def produce(_shard: Any, part: Any) -> list[dict[str, Any]]:
-            rows = generate_rows(choice.backend, part, settings)
+        def produce(_shard: Any, part: Any, advance: Any) -> list[dict[str, Any]]:
+            rows = generate_rows(choice.backend, part, settings, on_done=advance)
             info["worker_generated_tokens"] += sum(sum(row["n_tokens"]) for row in rows)
             return rows
 
         started = time.perf_counter()
         with choice.backend:
-            run_shards(items, mine, shard_dir, produce)
+            run_shards(items, mine, shard_dir, produce, progress=run.stage.progress, desc="generate", unit="prompt")
         seconds = time.perf_counter() - started
         info.update(backend=choice.backend.name, backend_fallback_reason=choice.fallback_reason,
                     backend_info=choice.backend.describe(), startup_seconds=round(choice.backend.startup_seconds, 3),

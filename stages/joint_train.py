@@ -110,7 +110,8 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
 
     def evaluate() -> dict[str, float]:
         return evaluate_heldout(model, sft_eval, pref_eval, preference,
-                                lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu())
+                                lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu(),
+                                progress=stage.progress and accelerator.is_main_process)
 
     settings = LoopSettings(
         max_steps=train.max_steps, grad_accum=train.grad_accum, max_grad_norm=train.max_grad_norm,

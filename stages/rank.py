@@ -91,12 +91,12 @@ def _score_shards(run: RunConfig, work_dir: Path, rank: int, workers: int) -> di
     if todo:
         indexed = list(range(len(rows)))
         with create_ranker(run) as ranker:
-            def produce(_shard: Any, part: Any) -> list[dict[str, Any]]:
+            def produce(_shard: Any, part: Any, _advance: Any) -> list[dict[str, Any]]:
                 scored = ranker.score_groups([groups[i] for i in part])
                 return [ranked_row(rows[i], s, ranker.name) for i, s in zip(part, scored, strict=True)]
 
             started = time.perf_counter()
-            run_shards(indexed, mine, shard_dir, produce)
+            run_shards(indexed, mine, shard_dir, produce, progress=run.stage.progress, desc="rank", unit="prompt")
             info.update(scoring_seconds=round(time.perf_counter() - started, 3), ranker_info=ranker.describe(),
                         ranker_counts=ranker.counters())
     info["shards"] = {"total": len(shards), "this_worker": len(mine), "scored": todo,

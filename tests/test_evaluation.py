@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,6 +152,27 @@ def test_mmlu_picks_the_likeliest_option_letter() -> None:
     assert "Dev?\nA. p\nB. q\nC. r\nD. t\nAnswer: B\n\nWhich?\nA. w" in prompt and prompt.endswith("Answer:")
     with pytest.raises(ValueError, match="2-shot needs 2"):
         mmlu_accuracy(model, char_encode, rows, dev, shots=2)
+
+
+def test_mmlu_shows_a_bar_over_the_questions_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    model = BiasedLM(torch.zeros(VOCAB))
+    rows = [{"question": f"Q{i}?", "choices": ["w", "x"], "answer": 0, "subject": "s"} for i in range(3)]
+    mmlu_accuracy(model, char_encode, rows, [], shots=0, resamples=10)
+    assert capsys.readouterr().err == ""
+    mmlu_accuracy(model, char_encode, rows, [], shots=0, resamples=10, progress=True)
+    assert re.search(r"MMLU 0-shot: 100%.*3/3", capsys.readouterr().err)
+
+
+def test_heldout_sft_loss_of_a_uniform_model_is_log_vocab(capsys: pytest.CaptureFixture[str]) -> None:
+    from alignment.evaluation.heldout import heldout_sft
+
+    labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8]])  # prompt and padding masked
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4), "labels": labels}
+    result = heldout_sft(BiasedLM(torch.zeros(VOCAB)), [batch, batch], progress=True)
+    # every unmasked label after the first position is a predicted response token: 2 + 2 per batch
+    assert result["sft_loss"] == pytest.approx(math.log(VOCAB)) and result["tokens"] == 8 and result["rows"] == 4
+    assert result["perplexity"] == pytest.approx(VOCAB)
+    assert re.search(r"held-out sft: 100%.*2/2", capsys.readouterr().err)
 
 
 # --- cache and report -------------------------------------------------------------------------------------------

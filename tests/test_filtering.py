@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -184,6 +185,15 @@ def _train_toy(settings: BilevelSettings, activation: str = "softmax") -> tuple[
     result = train_selector(model, proxy, selector, _Stream(gx, gy, [f"g{i}" for i in range(64)], 8, 1),
                             _Stream(cx, cy, ids, 16, 2), _toy_losses, settings)
     return result, selector, ids, corrupted
+
+
+def test_the_selection_loop_shows_a_bar_over_its_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    (gx, gy), (cx, cy), _ = _toy_problem()
+    ids = [f"row{i}" for i in range(len(cy))]
+    settings = BilevelSettings(steps=5, steps_per_epoch=13, value_function=False)
+    train_selector(torch.nn.Linear(8, 2), None, Selector(ids), _Stream(gx, gy, [f"g{i}" for i in range(64)], 8, 1),
+                   _Stream(cx, cy, ids, 16, 2), _toy_losses, settings, progress=True)
+    assert re.search(r"bilevel selection: 100%.*5/5.*rho=0.90", capsys.readouterr().err)
 
 
 def _run_toy(value_function: bool, activation: str = "softmax") -> tuple[list[float], list[bool]]:

@@ -34,7 +34,7 @@ def make_lora_adapter(model_dir: Path, out_dir: Path, rank: int = 8, scale: floa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "v_proj", "down_proj"],
                         init_lora_weights=False)
     peft_model = get_peft_model(model, config)
@@ -76,6 +76,13 @@ def test_hf_backend_feeds_exactly_the_given_ids(hf: HFBackend) -> None:
     ids = encode(hf, PROMPTS)
     completions = hf.generate(ids, SamplingSettings(temperature=0.0, max_new_tokens=4))
     assert [c.prompt_token_ids for c in completions] == ids
+
+
+def test_hf_backend_reports_each_finished_batch(hf: HFBackend) -> None:
+    finished: list[int] = []
+    completions = hf.generate(encode(hf, PROMPTS), SamplingSettings(temperature=0.0, max_new_tokens=2),
+                              on_done=finished.append)
+    assert finished == [3, 1] and len(completions) == len(PROMPTS)  # batch_size=3
 
 
 def test_left_padding_puts_prompts_at_the_right_edge() -> None:
@@ -217,6 +224,19 @@ def test_vllm_engine_arguments_follow_the_options() -> None:
     assert [vllm_lora_rank(r) for r in (1, 2, 8, 64, 300)] == [1, 8, 8, 64, 320]
     with pytest.raises(ValueError, match="exceeds"):
         vllm_lora_rank(1024)
+
+
+def test_an_explicit_kv_cache_size_hides_vllms_environment_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from alignment.generation.vllm_backend import CPU_KV_CACHE_ENV, _env_hidden
+
+    monkeypatch.setenv(CPU_KV_CACHE_ENV, "4")
+    with _env_hidden(CPU_KV_CACHE_ENV, hide=True):
+        assert CPU_KV_CACHE_ENV not in os.environ  # vLLM's CPU platform would let it override kv_cache_gb
+    assert os.environ[CPU_KV_CACHE_ENV] == "4"
+    with _env_hidden(CPU_KV_CACHE_ENV, hide=False):
+        assert os.environ[CPU_KV_CACHE_ENV] == "4"
 
 
 def test_stage_configs_report_every_generation_problem() -> None:

@@ -21,7 +21,7 @@ from alignment.generation.sharding import (
 )
 
 
-def rows_for(shard: Shard, items: Sequence[int]) -> list[dict[str, Any]]:
+def rows_for(shard: Shard, items: Sequence[int], _advance: Any = None) -> list[dict[str, Any]]:
     return [{"item": item, "shard": shard.index} for item in items]
 
 
@@ -61,7 +61,7 @@ def test_a_restart_regenerates_only_the_missing_shards(tmp_path: Path) -> None:
     shards[3].path(tmp_path).write_text('{"item": 9}\n{"item": 99}\n')
     produced: list[int] = []
 
-    def produce(shard: Shard, part: Sequence[int]) -> list[dict[str, Any]]:
+    def produce(shard: Shard, part: Sequence[int], _advance: Any) -> list[dict[str, Any]]:
         produced.append(shard.index)
         return rows_for(shard, part)
 
@@ -76,8 +76,53 @@ def test_a_restart_regenerates_only_the_missing_shards(tmp_path: Path) -> None:
 
 def test_a_wrong_row_count_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="produced 1 rows for 2 items"):
-        run_shards([1, 2], plan_shards(2, 2), tmp_path, lambda s, part: rows_for(s, part[:1]))
+        run_shards([1, 2], plan_shards(2, 2), tmp_path, lambda s, part, _: rows_for(s, part[:1]))
     assert not list(tmp_path.iterdir())
+
+
+class RecordingBar:
+    """Stands in for tqdm: records the total and every update."""
+
+    made: list[RecordingBar] = []
+
+    def __init__(self, total: int, **_: Any):
+        self.total = total
+        self.updates: list[int] = []
+        RecordingBar.made.append(self)
+
+    def __enter__(self) -> RecordingBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def update(self, count: int) -> None:
+        self.updates.append(count)
+
+    def set_postfix_str(self, _: str) -> None:
+        pass
+
+
+def test_one_bar_counts_the_items_of_the_missing_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import alignment.generation.sharding as sharding
+
+    monkeypatch.setattr(sharding, "tqdm", RecordingBar)
+    items = list(range(10))
+    shards = plan_shards(len(items), 4)  # sizes 4, 4, 2; shard 0 is already written
+    run_shards(items, shards[:1], tmp_path, rows_for)
+    seen: list[int] = []
+
+    def produce(shard: Shard, part: Sequence[int], advance: Any) -> list[dict[str, Any]]:
+        advance(1)
+        advance(10)  # over-reporting is capped at the shard's size
+        seen.append(len(RecordingBar.made[-1].updates))
+        return rows_for(shard, part)
+
+    run_shards(items, shards, tmp_path, produce, progress=True)
+    bar = RecordingBar.made[-1]
+    assert bar.total == 6  # the items of shards 1 and 2 only
+    assert bar.updates == [1, 3, 0, 1, 1, 0] and sum(bar.updates) == bar.total
+    assert seen == [2, 5]
 
 
 def test_waiting_for_other_workers_times_out_naming_missing_shards(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.generation.base import Completion, GenerationBackend, SamplingSettings
+from alignment.generation.base import Completion, GenerationBackend, ProgressFn, SamplingSettings
 from alignment.ranking.base import CandidateGroup
 from alignment.ranking.judge import JudgeRanker
+from alignment.ranking.judge_prompts import SCORE_CUE, VERDICT_CUE
 from alignment.ranking.pairrm import PairRMRanker
 from alignment.ranking.pairrm_model import encode_pairs, load_pairrm
 from alignment.ranking.reward_model import RewardModelRanker
@@ -122,7 +123,7 @@ class ScriptedJudge(GenerationBackend):
         self.answer, self.requests = answer, 0
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
-                 seeds: Sequence[int] | None = None) -> list[Completion]:
+                 seeds: Sequence[int] | None = None, on_done: ProgressFn | None = None) -> list[Completion]:
         self.requests += len(prompts)
         outs = []
         for ids in prompts:
@@ -139,12 +140,49 @@ def test_pointwise_judge_averages_parseable_samples_and_counts_junk() -> None:
             return ["Score: 1", "Score: 2", "Score: 3"][:n]
         return ["no idea"] * n
 
-    judge = JudgeRanker(ScriptedJudge(answer), SamplingSettings(n=3, temperature=0.7))
+    judge = JudgeRanker(ScriptedJudge(answer), SamplingSettings(n=3, temperature=0.7), cue_unparsed=False)
     scored = judge.score_groups([group("Q?", "good", "bad", "junk")])[0]
     assert scored.scores == [4.5, 2.0, None]
     counts = judge.counters()
     assert (counts["judge_samples"], counts["judge_unparseable_samples"]) == (9, 4)
     assert counts["judge_unscorable_responses"] == 1
+
+
+def test_an_unparseable_sample_is_finished_after_the_cue_line() -> None:
+    cued: list[str] = []
+
+    def answer(request: str, n: int) -> list[str]:
+        if request.endswith(SCORE_CUE):  # a continuation: the judge's own text, then the opened score line
+            cued.append(request)
+            return [" 4" if "<response>good</response>" in request else " 9"]
+        if "<response>bad</response>" in request:
+            return ["Score: 2"] * n
+        return ["It is fine." if "<response>good</response>" in request else ""] * n
+
+    backend = ScriptedJudge(answer)
+    judge = JudgeRanker(backend, SamplingSettings(n=2, temperature=0.7))
+    scored = judge.score_groups([group("Q?", "good", "bad", "junk")])[0]
+    assert scored.scores == [4.0, 2.0, None]  # 9 is outside the rubric's 0..5: still unscorable
+    assert backend.requests == 3 + 2  # equal samples are continued once; the parseable one is not continued
+    good, junk = sorted(cued, key=lambda request: "<response>junk</response>" in request)
+    assert good.endswith(f"It is fine.\n{SCORE_CUE}") and junk.endswith(SCORE_CUE) and "It is fine" not in junk
+    counts = judge.counters()
+    assert (counts["judge_cue_requests"], counts["judge_cued_samples"]) == (2, 4)
+    assert (counts["judge_unparseable_samples"], counts["judge_unscorable_responses"]) == (2, 1)
+
+
+def test_a_pairwise_judge_is_cued_with_the_verdict_brackets() -> None:
+    def answer(request: str, n: int) -> list[str]:
+        if request.endswith(VERDICT_CUE):
+            a_part = request.split("<answer_a>")[1].split("</answer_a>")[0]
+            return ["A]]" if a_part == "good" else "B]]"]
+        return ["Both answers are okay."] * n
+
+    judge = JudgeRanker(ScriptedJudge(answer), SamplingSettings(n=1, temperature=0.0), mode="pairwise")
+    scored = judge.score_groups([group("Q?", "good", "bad")])[0]
+    assert scored.win_probs == [[0.5, 1.0], [0.0, 0.5]]
+    counts = judge.counters()
+    assert counts["judge_cued_samples"] == 2 and counts.get("judge_unparseable_samples", 0) == 0
 
 
 def test_pairwise_judge_asks_both_orders() -> None:

@@ -4,6 +4,7 @@ and the embedded world's fresh-prompt generator."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignment.generation.base import Completion, GenerationBackend, SamplingSettings
+from alignment.generation.base import Completion, GenerationBackend, ProgressFn, SamplingSettings
 from alignment.generation.clustering import diverse_order, kmeans, select_diverse, tfidf_matrix
 from alignment.generation.rouge import RougeLIndex, lcs_length, rouge_l_f1, rouge_tokens
 from alignment.generation.self_instruct import (
@@ -131,7 +132,7 @@ class ScriptedBackend(GenerationBackend):
         self.requests: list[list[int]] = []
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
-                 seeds: Sequence[int] | None = None) -> list[Completion]:
+                 seeds: Sequence[int] | None = None, on_done: ProgressFn | None = None) -> list[Completion]:
         self.requests += [list(p) for p in prompts]
         texts = [self.responses.pop(0) if self.responses else "" for _ in prompts]
         return [Completion([t], ["stop"], [len(t.split())]) for t in texts]
@@ -147,7 +148,7 @@ class WordTokenizer:
         return {"input_ids": [ord(c) for c in text]}
 
 
-def test_self_instruct_filters_deduplicates_and_stops_at_the_target() -> None:
+def test_self_instruct_filters_deduplicates_and_stops_at_the_target(capsys: pytest.CaptureFixture[str]) -> None:
     seeds = ["Name three colours of the rainbow.", "Add the numbers seven and five.",
              "Translate hello into French please."]
     responses = [
@@ -160,9 +161,10 @@ def test_self_instruct_filters_deduplicates_and_stops_at_the_target() -> None:
     backend = ScriptedBackend(responses, WordTokenizer())
     settings = SelfInstructSettings(n_instructions=3, seed_shots=2, machine_shots=1, requests_per_round=2,
                                     prompt_format="raw", seed=1)
-    kept, report = self_instruct(backend, seeds, settings, SamplingSettings())
+    kept, report = self_instruct(backend, seeds, settings, SamplingSettings(), progress=True)
     assert kept == ["Write a limerick about a lazy cat.", "Explain how tides work on earth.",
                     "Summarise the story of Hamlet briefly."]
+    assert re.search(r"self-instruct: 100%.*3/3.*rounds=2", capsys.readouterr().err)  # the bar counts kept ones
     assert report.rejected == {"keyword": 1, "too_short": 1} and report.duplicates == 2
     assert report.rounds == 2 and report.requests == 4
     first = "".join(chr(i) for i in backend.requests[0][1:])

@@ -73,12 +73,12 @@ def test_a_crashed_run_resumes_generating_only_missing_shards(world_run_dir, mon
     calls: list[str] = []
     armed = [True]
 
-    def crash_on_third(backend, items, settings):  # noqa: ANN001, ANN202
+    def crash_on_third(backend, items, settings, on_done=None):  # noqa: ANN001, ANN202
         calls.append(items[0].id)
         if armed[0] and len(calls) == 3:
             armed[0] = False
             raise RuntimeError("simulated crash")
-        return real(backend, items, settings)
+        return real(backend, items, settings, on_done)
 
     monkeypatch.setattr(responses, "generate_rows", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from alignment.evaluation.stats import DEFAULT_RESAMPLES, estimate
 
@@ -93,14 +94,15 @@ def predict_option(model: Any, encode: Encode, prompt: str, n_options: int, bos_
 
 def mmlu_accuracy(model: Any, encode: Encode, rows: Sequence[dict[str, Any]], dev_rows: Sequence[dict[str, Any]],
                   shots: int, bos_id: int | None = None, resamples: int = DEFAULT_RESAMPLES,
-                  seed: int = 0, max_context: int | None = None) -> dict[str, Any]:
-    """Accuracy (with bootstrap CI) overall and per subject with ``shots`` dev examples of the row's subject."""
+                  seed: int = 0, max_context: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Accuracy (with bootstrap CI) overall and per subject with ``shots`` dev examples of the row's subject;
+    ``progress``: a bar over the questions."""
     by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for dev in dev_rows:
         by_subject[str(dev.get("subject", ""))].append(dev)
     correct: list[float] = []
     per_subject: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
+    for row in tqdm(rows, desc=f"MMLU {shots}-shot", unit="question", disable=not progress):
         subject = str(row.get("subject", ""))
         examples = by_subject.get(subject, [])[:shots]
         if len(examples) < shots:

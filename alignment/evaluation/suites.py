@@ -40,9 +40,12 @@ def _tokenizer(source: ModelSource) -> Any:
 
 
 def single_turn_outputs(generator: Generator, keyed_prompts: Sequence[tuple[str, str]], cache_file: str | Path,
-                        max_prompt_tokens: int) -> tuple[list[dict[str, Any]], bool]:
+                        max_prompt_tokens: int, progress: bool = False) -> tuple[list[dict[str, Any]], bool]:
     """Responses rows (``generate_rows`` format) to ``(id, instruction)`` prompts; cached. Prompts longer than
-    ``max_prompt_tokens`` are cut to their last tokens so every model answers every instruction."""
+    ``max_prompt_tokens`` are cut to their last tokens so every model answers every instruction. ``progress``:
+    a bar over the prompts while generating (none when the cache answers)."""
+    from tqdm.auto import tqdm
+
     from alignment.generation.responses import PromptItem, generate_rows
 
     tokenizer = _tokenizer(generator.source)
@@ -54,8 +57,9 @@ def single_turn_outputs(generator: Generator, keyed_prompts: Sequence[tuple[str,
     key = generation_key(generator.fingerprint, [list(i.prompt_ids) for i in items], generator.settings.to_dict())
 
     def produce() -> list[dict[str, Any]]:
-        with _start(generator) as backend:
-            return generate_rows(backend, items, generator.settings)
+        with _start(generator) as backend, tqdm(total=len(items), desc="generate", unit="prompt",
+                                                disable=not progress) as bar:
+            return generate_rows(backend, items, generator.settings, on_done=bar.update)
 
     return cached_rows(cache_file, key, produce)
 

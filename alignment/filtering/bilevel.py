@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from alignment.filtering.selector import (
     Selector,
@@ -91,11 +92,13 @@ class BilevelResult:
 
 def train_selector(model: Any, proxy: Any | None, selector: Selector, golden: BatchStream,
                    candidates: BatchStream, loss_fn: LossFn, settings: BilevelSettings,
-                   on_log: Callable[[dict[str, float]], None] | None = None) -> BilevelResult:
+                   on_log: Callable[[dict[str, float]], None] | None = None,
+                   progress: bool = False) -> BilevelResult:
     """Run ``settings.steps`` penalty steps; ``selector`` holds the learned logits afterwards.
 
     ``proxy`` (a copy of the initial model) is required when ``settings.value_function`` is on and ignored
-    otherwise. Models and selector must be on the same device; batches are moved there.
+    otherwise. Models and selector must be on the same device; batches are moved there. ``progress``: a bar
+    over the steps (ρ and the latest losses as its postfix).
     """
     if settings.value_function and proxy is None:
         raise ValueError("the value-function term needs a proxy model θ'")
@@ -109,26 +112,29 @@ def train_selector(model: Any, proxy: Any | None, selector: Selector, golden: Ba
         proxy.train()
     result = BilevelResult(steps=0, seconds=0.0)
     start = time.perf_counter()
-    for step in range(settings.steps):
-        rho = rho_at_epoch(step // settings.steps_per_epoch, settings.rho, settings.rho_decay, settings.rho_min)
-        gold, batch = _to(golden.next(), device), _to(candidates.next(), device)
-        # one differentiable weight lookup per step: θ and θ' read it detached, the selector step backpropagates
-        weights = selector.weights()[selector.indices(batch["ids"])]
-        record = {"step": float(step + 1), "rho": rho}
-        upper = _model_step(model, model_opt, loss_fn, gold, batch, weights, rho, settings.max_grad_norm, record)
-        lower = None
-        if proxy_opt is not None:
-            lower = _proxy_step(proxy, proxy_opt, loss_fn, batch, weights, settings.max_grad_norm, record)
-        selector_opt.zero_grad(set_to_none=True)
-        objective = selector_objective(weights, upper, lower, center=center)
-        objective.backward()
-        selector_opt.step()
-        record["selector_objective"] = float(objective.detach())
-        result.steps = step + 1
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
-            result.history.append(record)
-            if on_log is not None:
-                on_log(record)
+    with tqdm(total=settings.steps, desc="bilevel selection", unit="step", disable=not progress) as bar:
+        for step in range(settings.steps):
+            rho = rho_at_epoch(step // settings.steps_per_epoch, settings.rho, settings.rho_decay, settings.rho_min)
+            gold, batch = _to(golden.next(), device), _to(candidates.next(), device)
+            # one differentiable weight lookup per step: θ and θ' read it detached, the selector step backpropagates
+            weights = selector.weights()[selector.indices(batch["ids"])]
+            record = {"step": float(step + 1), "rho": rho}
+            upper = _model_step(model, model_opt, loss_fn, gold, batch, weights, rho, settings.max_grad_norm, record)
+            lower = None
+            if proxy_opt is not None:
+                lower = _proxy_step(proxy, proxy_opt, loss_fn, batch, weights, settings.max_grad_norm, record)
+            selector_opt.zero_grad(set_to_none=True)
+            objective = selector_objective(weights, upper, lower, center=center)
+            objective.backward()
+            selector_opt.step()
+            record["selector_objective"] = float(objective.detach())
+            result.steps = step + 1
+            bar.set_postfix(rho=f"{rho:.2f}", golden_loss=f"{record['golden_loss']:.3f}", refresh=False)
+            bar.update(1)
+            if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+                result.history.append(record)
+                if on_log is not None:
+                    on_log(record)
     result.seconds = time.perf_counter() - start
     return result
 

@@ -8,7 +8,7 @@ sneak in (vLLM's text path would add one: vllm-project/vllm#9519).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ FINISH_STOP = "stop"  # EOS or a stop string ended the response
 FINISH_LENGTH = "length"  # max_new_tokens reached: the response is truncated
 _SEED_MASK = 0x7FFFFFFF
 BackendT = TypeVar("BackendT", bound="GenerationBackend")
+ProgressFn = Callable[[int], None]  # called with how many more items just finished (advances a progress bar)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ class GenerationBackend(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
-                 seeds: Sequence[int] | None = None) -> list[Completion]:
-        """One :class:`Completion` per prompt (same order). ``seeds``: one per prompt (default: ``settings.seed``)."""
+                 seeds: Sequence[int] | None = None, on_done: ProgressFn | None = None) -> list[Completion]:
+        """One :class:`Completion` per prompt (same order). ``seeds``: one per prompt (default: ``settings.seed``).
+        ``on_done(k)`` is called whenever ``k`` more prompts are finished (each prompt is counted once)."""
 
     def describe(self) -> dict[str, Any]:
         """What was loaded and how (for manifests)."""

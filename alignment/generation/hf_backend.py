@@ -18,6 +18,7 @@ from alignment.generation.base import (
     BackendOptions,
     Completion,
     GenerationBackend,
+    ProgressFn,
     SamplingSettings,
     check_settings,
     cut_at_stop,
@@ -50,7 +51,7 @@ class HFBackend(GenerationBackend):
                 "adapter_mode": "merged in memory" if self.source.adapter else None}
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
-                 seeds: Sequence[int] | None = None) -> list[Completion]:
+                 seeds: Sequence[int] | None = None, on_done: ProgressFn | None = None) -> list[Completion]:
         check_settings(settings)
         seeds = list(seeds) if seeds is not None else [settings.seed] * len(prompts)
         if len(seeds) != len(prompts):
@@ -60,6 +61,8 @@ class HFBackend(GenerationBackend):
         for start in range(0, len(prompts), size):
             batch = [list(map(int, p)) for p in prompts[start:start + size]]
             completions += self._generate_batch(batch, settings, seeds[start:start + size])
+            if on_done is not None:
+                on_done(len(batch))
         return completions
 
     def _generate_batch(self, batch: list[list[int]], settings: SamplingSettings,

@@ -14,6 +14,7 @@ from alignment.generation.base import (
     FINISH_LENGTH,
     Completion,
     GenerationBackend,
+    ProgressFn,
     SamplingSettings,
     request_seed,
 )
@@ -50,13 +51,14 @@ def response_row(item: PromptItem, completion: Completion, backend: str) -> dict
     }
 
 
-def generate_rows(backend: GenerationBackend, items: Sequence[PromptItem],
-                  settings: SamplingSettings) -> list[dict[str, Any]]:
-    """Response rows for ``items``; each prompt is sampled with a seed derived from ``settings.seed`` and its id."""
+def generate_rows(backend: GenerationBackend, items: Sequence[PromptItem], settings: SamplingSettings,
+                  on_done: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """Response rows for ``items``; each prompt is sampled with a seed derived from ``settings.seed`` and its id.
+    ``on_done(k)``: called as ``k`` more prompts are answered (see ``GenerationBackend.generate``)."""
     if not items:
         return []
     seeds = [request_seed(settings.seed, item.id) for item in items]
-    completions = backend.generate([item.prompt_ids for item in items], settings, seeds)
+    completions = backend.generate([item.prompt_ids for item in items], settings, seeds, on_done)
     return [response_row(item, completion, backend.name) for item, completion in zip(items, completions, strict=True)]
 
 

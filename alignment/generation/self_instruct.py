@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from alignment.data.rows import messages_id
 from alignment.generation.base import GenerationBackend, SamplingSettings, chat_prompt_ids, request_seed
 from alignment.generation.rouge import ROUGE_THRESHOLD, RougeLIndex
@@ -133,11 +135,11 @@ def _shots(rng: random.Random, seeds: Sequence[str], machine: Sequence[str],
 
 def self_instruct(backend: GenerationBackend, seeds: Sequence[str], settings: SelfInstructSettings,
                   sampling: SamplingSettings, instruction_filter: InstructionFilter | None = None,
-                  ) -> tuple[list[str], SelfInstructReport]:
+                  progress: bool = False) -> tuple[list[str], SelfInstructReport]:
     """Generate up to ``settings.n_instructions`` new instructions with ``backend``; returns them and a report.
 
     Deterministic for a deterministic backend: shot sampling uses ``random.Random(seed)`` and every request
-    gets its own sampling seed.
+    gets its own sampling seed. ``progress``: a bar over the accepted instructions (rounds as its postfix).
     """
     if not seeds:
         raise ValueError("self-instruct needs at least one seed instruction")
@@ -147,24 +149,34 @@ def self_instruct(backend: GenerationBackend, seeds: Sequence[str], settings: Se
     pool.add_all(seeds)
     machine: list[str] = []
     report = SelfInstructReport()
-    while len(machine) < settings.n_instructions and report.rounds < settings.max_rounds:
-        shot_lists = [_shots(rng, seeds, machine, settings) for _ in range(settings.requests_per_round)]
-        requests = [encode_request(backend.tokenizer, task_list_prompt(s), settings.prompt_format)
-                    for s in shot_lists]
-        request_seeds = [request_seed(settings.seed, f"{report.rounds}:{i}") for i in range(len(requests))]
-        started = time.perf_counter()
-        completions = backend.generate(requests, sampling, request_seeds)
-        report.generation_seconds += time.perf_counter() - started
-        started = time.perf_counter()
-        for shots, completion in zip(shot_lists, completions, strict=True):
-            for text, reason in zip(completion.texts, completion.finish_reasons, strict=True):
-                _collect(parse_instructions(text, len(shots) + 1, truncated=reason == "length"),
-                         reason == "length", pool, machine, instruction_filter, report)
-        report.dedup_seconds += time.perf_counter() - started
-        report.rounds += 1
-        report.requests += len(requests)
+    with tqdm(total=settings.n_instructions, desc="self-instruct", unit="instruction", disable=not progress) as bar:
+        while len(machine) < settings.n_instructions and report.rounds < settings.max_rounds:
+            accepted = len(machine)
+            _round(backend, seeds, settings, sampling, instruction_filter, rng, pool, machine, report)
+            bar.update(min(len(machine), settings.n_instructions) - min(accepted, settings.n_instructions))
+            bar.set_postfix(rounds=report.rounds, candidates=report.candidates)
     report.lcs_computed = pool.lcs_computed
     return machine[: settings.n_instructions], report
+
+
+def _round(backend: GenerationBackend, seeds: Sequence[str], settings: SelfInstructSettings,
+           sampling: SamplingSettings, instruction_filter: InstructionFilter, rng: random.Random,
+           pool: RougeLIndex, machine: list[str], report: SelfInstructReport) -> None:
+    """One generation call of ``settings.requests_per_round`` task-list requests; accepted ones join ``machine``."""
+    shot_lists = [_shots(rng, seeds, machine, settings) for _ in range(settings.requests_per_round)]
+    requests = [encode_request(backend.tokenizer, task_list_prompt(s), settings.prompt_format) for s in shot_lists]
+    request_seeds = [request_seed(settings.seed, f"{report.rounds}:{i}") for i in range(len(requests))]
+    started = time.perf_counter()
+    completions = backend.generate(requests, sampling, request_seeds)
+    report.generation_seconds += time.perf_counter() - started
+    started = time.perf_counter()
+    for shots, completion in zip(shot_lists, completions, strict=True):
+        for text, reason in zip(completion.texts, completion.finish_reasons, strict=True):
+            _collect(parse_instructions(text, len(shots) + 1, truncated=reason == "length"),
+                     reason == "length", pool, machine, instruction_filter, report)
+    report.dedup_seconds += time.perf_counter() - started
+    report.rounds += 1
+    report.requests += len(requests)
 
 
 def _collect(candidates: list[str], truncated: bool, pool: RougeLIndex, machine: list[str],

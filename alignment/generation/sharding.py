@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tqdm.auto import tqdm
+
 from alignment.data.readers import read_jsonl, write_jsonl
+from alignment.generation.base import ProgressFn
 
 T = TypeVar("T")
 
@@ -35,6 +38,9 @@ class Shard:
 
     def path(self, directory: str | Path) -> Path:
         return Path(directory) / f"shard-{self.index:05d}-of-{self.count:05d}.jsonl"
+
+
+Produce = Callable[[Shard, Sequence[T], ProgressFn], list[dict[str, Any]]]
 
 
 @dataclass
@@ -93,20 +99,40 @@ def missing_shards(shards: Sequence[Shard], directory: str | Path) -> list[Shard
     return [shard for shard in shards if not shard_is_complete(shard, directory)]
 
 
-def run_shards(items: Sequence[T], shards: Sequence[Shard], directory: str | Path,
-               produce: Callable[[Shard, Sequence[T]], list[dict[str, Any]]]) -> ShardReport:
-    """Write every shard of ``shards`` that is missing, with ``produce(shard, items[start:stop])`` (one row each)."""
+def run_shards(items: Sequence[T], shards: Sequence[Shard], directory: str | Path, produce: Produce[T],
+               progress: bool = False, desc: str = "shards", unit: str = "item") -> ShardReport:
+    """Write every shard of ``shards`` that is missing, with ``produce(shard, items[start:stop], advance)`` (one
+    row per item).
+
+    One progress bar (``progress``) counts the items of the missing shards: ``produce`` may call ``advance(k)``
+    as ``k`` more items are done, and whatever it did not report is counted when its shard is written.
+    """
     report = ShardReport()
-    for shard in shards:
-        if shard_is_complete(shard, directory):
-            report.reused.append(shard.index)
-            continue
-        rows = produce(shard, items[shard.start:shard.stop])
-        if len(rows) != shard.size:
-            raise RuntimeError(f"shard {shard.index}: produced {len(rows)} rows for {shard.size} items")
-        write_jsonl(shard.path(directory), rows)
-        report.generated.append(shard.index)
+    todo = [shard for shard in shards if not shard_is_complete(shard, directory)]
+    report.reused = [shard.index for shard in shards if shard not in todo]
+    with tqdm(total=sum(shard.size for shard in todo), desc=desc, unit=unit, disable=not progress) as bar:
+        for number, shard in enumerate(todo, start=1):
+            bar.set_postfix_str(f"shard {number}/{len(todo)}")
+            advance = _ShardAdvance(bar, shard.size)
+            rows = produce(shard, items[shard.start:shard.stop], advance)
+            if len(rows) != shard.size:
+                raise RuntimeError(f"shard {shard.index}: produced {len(rows)} rows for {shard.size} items")
+            write_jsonl(shard.path(directory), rows)
+            advance(advance.left)
+            report.generated.append(shard.index)
     return report
+
+
+class _ShardAdvance:
+    """Advances a bar by the items of one shard as they finish, never past the shard's size."""
+
+    def __init__(self, bar: Any, size: int):
+        self.bar, self.left = bar, size
+
+    def __call__(self, count: int) -> None:
+        step = max(0, min(count, self.left))
+        self.left -= step
+        self.bar.update(step)
 
 
 def wait_for_shards(shards: Sequence[Shard], directory: str | Path, timeout_s: float,

@@ -3,6 +3,10 @@
 Prompts go in as ``TokensPrompt`` token ids, so vLLM never re-tokenizes text (and never adds a second BOS).
 Every prompt carries its own seed, so its samples do not depend on batching or sharding.
 
+vLLM's own progress bar stays off (``use_tqdm=False``): callers show one bar over all prompts across shards
+(:func:`alignment.generation.sharding.run_shards`), where vLLM's would restart at every call, add a second
+"Rendering prompts" bar, and count samples against a total of requests when ``n > 1``.
+
 Adapters: with ``lora_mode`` ``auto`` or ``vllm`` an adapter is served with vLLM's LoRA support
 (``enable_lora`` + ``LoRARequest``; this works on the CPU build too and is checked by a test). ``merge`` -- or
 ``auto`` when the LoRA engine fails to start or to generate -- merges the adapter into a temporary full-model
@@ -11,13 +15,15 @@ directory first, removed again by :meth:`VLLMBackend.close`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +34,7 @@ from alignment.generation.base import (
     BackendOptions,
     Completion,
     GenerationBackend,
+    ProgressFn,
     SamplingSettings,
     check_settings,
 )
@@ -37,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 LORA_MODES = ("auto", "vllm", "merge")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 _GIB = 1 << 30
 
 
@@ -152,14 +160,16 @@ class VLLMBackend(GenerationBackend):
         from vllm import LLM
 
         cpu = not torch.cuda.is_available()
-        return LLM(**engine_kwargs(source.model, source.tokenizer, self.options, lora_rank, cpu=cpu))
+        kwargs = engine_kwargs(source.model, source.tokenizer, self.options, lora_rank, cpu=cpu)
+        with _env_hidden(CPU_KV_CACHE_ENV, hide=cpu and self.options.kv_cache_gb is not None):
+            return LLM(**kwargs)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.source.describe(), "adapter_mode": self.adapter_mode,
                 "tensor_parallel_size": self.options.tensor_parallel_size}
 
     def generate(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
-                 seeds: Sequence[int] | None = None) -> list[Completion]:
+                 seeds: Sequence[int] | None = None, on_done: ProgressFn | None = None) -> list[Completion]:
         from vllm.inputs import TokensPrompt
 
         check_settings(settings)
@@ -169,6 +179,8 @@ class VLLMBackend(GenerationBackend):
         requests = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
         params = [sampling_params(settings, seed) for seed in seeds]
         outputs = self.llm.generate(requests, params, lora_request=self._lora_request, use_tqdm=False)
+        if on_done is not None:
+            on_done(len(prompts))
         return [_completion(output, settings) for output in outputs]
 
     def without_adapter(self) -> VLLMBackend:
@@ -193,6 +205,19 @@ class VLLMBackend(GenerationBackend):
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+@contextlib.contextmanager
+def _env_hidden(name: str, hide: bool) -> Iterator[None]:
+    """Unset ``name`` while the engine's config is built (restored afterwards). vLLM's CPU platform lets
+    ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB) override an explicit ``kv_cache_memory_bytes``, so without this an
+    explicit ``kv_cache_gb`` would be ignored whenever the variable is set."""
+    saved = os.environ.pop(name, None) if hide else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def _probe_prompt(llm: Any) -> Any:

@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 
 MAX_POINTS = 5.0
+# Lines that open the verdict for a judge that did not write one (see JudgeRanker): the judge only has to
+# finish them, and the parsers read "Score: 4" / "[[A]]" as usual. Restating the scale matters for small judges:
+# after a bare "Score:" SmolLM2-135M mostly wrote 10 or 100 (9 of 24 samples in 0..5; 14 of 24 with the scale).
+SCORE_CUE = "My total, from 0 to 5 points.\nScore:"
+VERDICT_CUE = "Verdict: [["
 _SCORE = re.compile(r"score\s*[:=]\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _VERDICT = re.compile(r"\[\[\s*([AB])\s*\]\]")
 
