@@ -58,7 +58,7 @@ def win_rate_columns(judged: dict[str, Any] | None) -> dict[str, Any]:
     rate = win.get("win_rate") or {}
     mmlu = (judged["results"].get("mmlu", {}).get("0_shot", {}).get("accuracy") or {}).get("value")
     matched = (win.get("length_matched") or {}).get("win_rate") or {}
-    return {"win_rate": rate.get("value"), "win_low": rate.get("low"), "win_high": rate.get("high"),
+    return {"win_rate": rate.get("value"), "win_low": rate.get("ci_low"), "win_high": rate.get("ci_high"),
             "win_len_matched": matched.get("value"), "words": win.get("mean_output_words"),
             "ref_words": win.get("mean_reference_words"), "mmlu": mmlu}
 

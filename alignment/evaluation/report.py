@@ -48,7 +48,7 @@ def headline_metrics(per_model: Mapping[str, Any]) -> dict[str, Any]:
             if is_estimate(value):
                 found[f"{key}/{name}"] = value["value"]
                 if name == "win_rate":
-                    found.update({f"{key}/{name}.low": value["low"], f"{key}/{name}.high": value["high"]})
+                    found.update({f"{key}/{name}.low": value["ci_low"], f"{key}/{name}.high": value["ci_high"]})
             elif name in ("sft_loss", "perplexity", "pref_loss", "reward_margin", "mean_output_words",
                           "mean_reference_words"):
                 found[f"{key}/{name}"] = value
