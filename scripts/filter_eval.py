@@ -40,7 +40,7 @@ from pipeline.layout import FILTER, JOINT_TRAIN, Files, RunLayout, stage_dir, tr
 from stages.compose import compose_run
 from stages.runner import run_stage
 
-REAL = ["model=smollm2", "model.lora.enabled=true", "data=hh_alpaca", "stage.progress=false"]
+REAL = ["model=smollm2", "model.lora.enabled=true", "data=hh_alpaca"]
 
 
 def parse_args() -> argparse.Namespace:

@@ -137,7 +137,7 @@ def main() -> None:
     args = parse_args()
     root = args.run_dir
     model = REAL_MODEL.get(args.model, [f"model={args.model}", f"world={args.world}", f"world_dir={root / 'world'}"])
-    shared = [f"data={args.data}", *model, f"cache_dir={root / 'cache'}", "stage.progress=false"]
+    shared = [f"data={args.data}", *model, f"cache_dir={root / 'cache'}"]
     if args.nll_weight is not None:
         shared.append(f"loss.nll_weight={args.nll_weight}")
     common = [*shared, f"stage.train.max_steps={args.steps}",
