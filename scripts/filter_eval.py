@@ -75,9 +75,12 @@ def common(args: argparse.Namespace) -> list[str]:
 
 def train_sft(base: Path, name: str, data_path: str, args: argparse.Namespace) -> dict[str, Any]:
     say(f"SFT on {name} ({data_path})", "filter_eval")
+    # SFT runs: the held-out SFT loss is the measure; the preference loss the loop logs beside it is kept cheap
+    cheap_preference = ["data.preference_eval.max_rows=16"] if args.model == "smollm2" else []
     run = compose_run("stage=joint_train", *common(args), f"run_dir={base / name}", "objective=sft",
                       f"data.sft.path={data_path}", f"stage.train.max_steps={args.train_steps}",
-                      f"stage.train.sft_batch_size={args.batch_size}", "stage.save_merged=true", *args.train)
+                      f"stage.train.sft_batch_size={args.batch_size}", "stage.save_merged=true", *cheap_preference,
+                      *args.train)
     metrics: dict[str, Any] = run_stage(run)["metrics"]
     return metrics
 
