@@ -127,6 +127,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mmlu-rows", type=int, default=300)
     parser.add_argument("--references", default="../shared/data/alpaca_eval/eval_set.jsonl",
                         help="instructions (and the SFT-only model's references) for the win rates")
+    parser.add_argument("--max-length", type=int, default=0, help="data.max_length of training and evaluation")
+    parser.add_argument("--eval-rows", type=int, default=0,
+                        help="held-out rows of both sets, in training's evaluations and the evaluate stage's")
     parser.add_argument("--nll-weight", type=float, default=None,
                         help="loss.nll_weight for training and evaluation (default: the loss config's)")
     parser.add_argument("overrides", nargs="*", help="extra alignment_run overrides for every training run")
@@ -140,7 +143,12 @@ def main() -> None:
     shared = [f"data={args.data}", *model, f"cache_dir={root / 'cache'}"]
     if args.nll_weight is not None:
         shared.append(f"loss.nll_weight={args.nll_weight}")
-    common = [*shared, f"stage.train.max_steps={args.steps}",
+    if args.max_length:
+        shared.append(f"data.max_length={args.max_length}")
+    if args.eval_rows:  # the same rows for the trained points (training's last evaluation) and interpolated ones
+        shared += [f"data.sft_eval.max_rows={args.eval_rows}", f"data.preference_eval.max_rows={args.eval_rows}"]
+    common = [*shared, f"stage.train.max_steps={args.steps}", *([f"stage.train.eval_max_rows={args.eval_rows}"]
+                                                                   if args.eval_rows else []),
               f"stage.train.eval_every={args.eval_every or max(1, args.steps // 10)}", "stage.log_every=1",
               *args.overrides]
     results = {f"only-{name}": train(root, f"only-{name}", common, f"objective={name}") for name in ("sft", "preference")}
