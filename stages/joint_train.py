@@ -74,7 +74,9 @@ def dry_run(run: RunConfig, stage_inputs: dict[str, str]) -> dict[str, Any]:
         print(f"[dry run] {slot}: {slot_stats}")
     for slot in ("sft", "preference"):
         if examples[slot]:
-            print(f"[dry run] one {slot} example (loss-masked span in [[...]]):\n{preview(tokenizer, examples[slot][0])}")
+            # An untruncated example shows the whole chat template, end-of-turn tokens included.
+            shown = next((ex for ex in examples[slot] if not ex.truncated), examples[slot][0])
+            print(f"[dry run] one {slot} example (loss-masked span in [[...]]):\n{preview(tokenizer, shown)}")
     print("[dry run] configuration valid; no training done (dry_run=true)")
     return {"data": stats}
 
