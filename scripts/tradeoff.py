@@ -34,7 +34,8 @@ from stages.compose import compose_run
 from stages.runner import run_stage
 
 METHODS = ("sequential", "reverse", "mix", "alright", "maxright")  # reverse: preference -> SFT
-REAL_MODEL = {"smollm2": ["model=smollm2", "model.lora.enabled=true", "stage.save_merged=true"]}
+REAL_MODEL = {"smollm2": ["model=smollm2", "model.lora.enabled=true"]}
+TRAIN_REAL_MODEL = ["stage.save_merged=true"]  # a training-stage key: the evaluate runs must not get it
 
 
 def train(root: Path, name: str, common: list[str], *overrides: str) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def main() -> None:
     common = [*shared, f"stage.train.max_steps={args.steps}", *([f"stage.train.eval_max_rows={args.eval_rows}"]
                                                                    if args.eval_rows else []),
               f"stage.train.eval_every={args.eval_every or max(1, args.steps // 10)}", "stage.log_every=1",
-              *args.overrides]
+              *(TRAIN_REAL_MODEL if args.model in REAL_MODEL else []), *args.overrides]
     results = {f"only-{name}": train(root, f"only-{name}", common, f"objective={name}") for name in ("sft", "preference")}
     ideal = (results["only-sft"]["metrics"]["eval/sft_loss_best"],
              results["only-preference"]["metrics"]["eval/pref_loss_best"])
