@@ -3,7 +3,7 @@
     .venv/bin/python scripts/iterate_demo.py                      # toy: 3 rounds on the embedded world
     .venv/bin/python scripts/iterate_demo.py --rounds 2 world=ci  # extra key=value overrides go to every stage
     .venv/bin/python scripts/iterate_demo.py --recipe smol --out docs/smol \\
-        recipe.stage_settings.rank.ranker_model=runs/rm_hh/round_00/train_rm \\
+        recipe.stage_settings.rank.ranker_model=runs/rm_hh_long/round_00/train_rm \\
         recipe.stage_settings.evaluate.ranker_model=runs/rm_hh_judge/round_00/train_rm
 
 Runs ``stage=iterate recipe=<name>`` (the same stages ``recipes/iterative/run.sh`` runs, resumable) and copies the
