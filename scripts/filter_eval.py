@@ -33,6 +33,7 @@ from typing import Any
 from experiments import Judging, evaluate, say, table, win_rate_columns
 
 from alignment.data.readers import read_jsonl, read_rows, write_jsonl
+from alignment.evaluation.stats import estimate
 from alignment.filtering.noise import CLEAN, NOISE_KINDS, corrupt_pool
 from alignment.filtering.report import plot_weights_by_kind
 from alignment.filtering.selection import auroc_by_kind, keep_mask, selection_quality
@@ -157,12 +158,41 @@ def quality(selection: list[dict[str, Any]], labels: dict[str, str]) -> dict[str
     return {**found, **{f"auroc_{kind}": value for kind, value in by_kind.items()}}
 
 
-def loss_baseline(base: Path, args: argparse.Namespace, pool: Path) -> str:
-    """The cheap baseline: the pool rows with the lowest per-row loss under a model SFT'd on the golden set,
-    at the filter's keep fraction."""
-    out = base / "loss_baseline.jsonl"
-    if out.is_file():
-        return str(out)
+def subset_rng(seed: int) -> random.Random:
+    """The random subset's own stream: ``random.Random(seed)`` would replay the draws that chose the corrupted
+    rows (``shuffle`` and ``sample`` consume the same ``randbelow`` sequence), so the "random" subset would be
+    exactly the clean rows."""
+    return random.Random(f"random-subset-{seed}")
+
+
+def noisy_share(path: str, labels: dict[str, str]) -> float:
+    """The fraction of a training set's rows that the pool's labels mark as corrupted."""
+    ids = [row.id for row in read_rows(path, "sft").rows]
+    return sum(labels.get(i, CLEAN) != CLEAN for i in ids) / max(1, len(ids))
+
+
+def wins_by_instruction(judged: dict[str, Any]) -> dict[str, float]:
+    """Per instruction, 1 / 0.5 / 0 when the model's answer beats / ties / loses to the baseline's (AlpacaEval
+    annotations: preference 2 prefers ``output_2``, the evaluated model)."""
+    annotations = json.loads(Path(judged["answers"]).with_name("annotations.json").read_text())
+    return {a["instruction"]: float(a["preference"]) - 1.0 for a in annotations}
+
+
+def gain_over(judged: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    """Win-rate points over ``other`` (both judged against the same baseline answers), paired by instruction,
+    with a bootstrap 95% CI of the mean difference."""
+    mine, theirs = wins_by_instruction(judged), wins_by_instruction(other)
+    found = estimate([mine[i] - theirs[i] for i in mine if i in theirs])
+    return {"vs_random": found.value, "vs_random_low": found.low, "vs_random_high": found.high}
+
+
+def loss_baseline(base: Path, args: argparse.Namespace, pool: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The cheap baseline: the pool rows with the lowest per-row loss under a model SFT'd on the golden set, at
+    the filter's keep fraction. Returns the kept rows' file and ``{id, weight, kept}`` per row (weight = -loss),
+    the format of the filter's ``selection.jsonl``, so both selections are measured the same way."""
+    out, scores_file = base / "loss_baseline.jsonl", base / "loss_baseline_scores.jsonl"
+    if out.is_file() and scores_file.is_file():
+        return str(out), list(read_jsonl(scores_file))
     golden = compose_run("stage=joint_train", *common(args)).data.golden.path
     train_sft(base, "golden-sft", golden, args)
     import torch
@@ -185,8 +215,10 @@ def loss_baseline(base: Path, args: argparse.Namespace, pool: Path) -> str:
             losses.update({e.id: float(v) for e, v in zip(chunk, values, strict=True)})
     scored = [row for row in rows if row.id in losses]
     kept = keep_mask([-losses[row.id] for row in scored], "top_p", args.keep_fraction)
+    scores = [{"id": row.id, "weight": -losses[row.id], "kept": bool(k)} for row, k in zip(scored, kept, strict=True)]
     write_jsonl(out, [row for row, k in zip(scored, kept, strict=True) if k])
-    return str(out)
+    write_jsonl(scores_file, scores)
+    return str(out), scores
 
 
 def main_real(args: argparse.Namespace) -> None:
@@ -198,11 +230,15 @@ def main_real(args: argparse.Namespace) -> None:
     found = quality(selection, labels)
     cost = bench(base, args, str(pool)) if args.bench_steps else None
     kept = [row for row in read_rows(stage_dir(base, 0, FILTER) / Files.FILTERED, "sft").rows]
-    random_file = base / "random_subset.jsonl"
+    random_file, oracle_file = base / "random_subset.jsonl", base / "oracle_clean.jsonl"
     if not random_file.is_file():
-        write_jsonl(random_file, random.Random(args.seed).sample(read_rows(pool, "sft").rows, len(kept)))
+        write_jsonl(random_file, subset_rng(args.seed).sample(read_rows(pool, "sft").rows, len(kept)))
+    if not oracle_file.is_file():  # an upper bound: exactly the clean rows, known from the labels
+        write_jsonl(oracle_file, [row for row in read_rows(pool, "sft").rows if labels[row.id] == CLEAN])
+    baseline_file, baseline_scores = loss_baseline(base, args, pool)
+    found_by_loss = quality(baseline_scores, labels)
     sets = {"all": str(pool), "filtered": str(stage_dir(base, 0, FILTER) / Files.FILTERED),
-            "random": str(random_file), "loss_baseline": loss_baseline(base, args, pool)}
+            "random": str(random_file), "loss_baseline": baseline_file, "oracle_clean": str(oracle_file)}
     trained = {name: train_sft(base, name, path, args) for name, path in sets.items()}
     judging = Judging(args.judge, args.instructions)
     judged: dict[str, Any] = {}
@@ -210,20 +246,23 @@ def main_real(args: argparse.Namespace) -> None:
         model = str(trained_model(stage_dir(base / "all", 0, JOINT_TRAIN)))
         judged["all"] = evaluate(base / "eval-all", model, common(args), ["win_rate"], judging,
                                  "../shared/data/alpaca_eval/eval_set.jsonl")
-        for name in ("filtered", "random", "loss_baseline"):
+        for name in ("filtered", "random", "loss_baseline", "oracle_clean"):
             model = str(trained_model(stage_dir(base / name, 0, JOINT_TRAIN)))
             judged[name] = evaluate(base / f"eval-{name}", model, common(args), ["win_rate"], judging,
                                     judged["all"]["answers"])
-    rows = [{"train data": name, "rows": len(list(read_jsonl(path))), "sft_loss": trained[name]["eval/sft_loss"],
-             "train_s": trained[name]["train_seconds"], **win_rate_columns(judged.get(name))}
+    rows = [{"train data": name, "rows": len(list(read_jsonl(path))), "noisy": noisy_share(path, labels),
+             "sft_loss": trained[name]["eval/sft_loss"],
+             "train_s": trained[name]["train_seconds"], **win_rate_columns(judged.get(name)),
+             **(gain_over(judged[name], judged["random"]) if name in judged and name not in ("all", "random") else {})}
             for name, path in sets.items()]
-    report = {"selection": {**found, "kept": selection_metrics["kept"], "scored": selection_metrics["scored"],
+    report = {"loss_baseline_selection": found_by_loss, "selection": {**found, "kept": selection_metrics["kept"], "scored": selection_metrics["scored"],
                             "filter_seconds": selection_metrics["filter_seconds"], "steps": selection_metrics["steps"]},
               "cost": cost, "downstream": rows}
     lines = [f"pool: {len(labels)} Alpaca-cleaned rows, {args.noise:.0%} corrupted ({', '.join(NOISE_KINDS)}), "
              f"golden: Alpaca-GPT4 train; selector: SmolLM2-135M LoRA, value-function term on, one pass; "
              f"downstream: {args.train_steps} SFT steps, batch {args.batch_size}, seed {args.seed}", "",
              "selection: " + "  ".join(f"{k}={v:.3f}" for k, v in found.items()),
+             "cheap baseline (golden-SFT loss): " + "  ".join(f"{k}={v:.3f}" for k, v in found_by_loss.items()),
              f"kept {selection_metrics['kept']}/{selection_metrics['scored']}; filter pass "
              f"{selection_metrics['filter_seconds']:.0f}s ({selection_metrics['steps']} steps)"]
     if cost:
@@ -249,7 +288,7 @@ def main_world(args: argparse.Namespace) -> None:
     pool_file = RunLayout.of(base).world_split("candidates")
     pool = read_rows(pool_file, "sft").rows
     random_file = base / "random_subset.jsonl"
-    write_jsonl(random_file, random.Random(args.seed).sample(pool, selection["kept"]))
+    write_jsonl(random_file, subset_rng(args.seed).sample(pool, selection["kept"]))
     sets = {"filtered": str(stage_dir(base, 0, FILTER) / Files.FILTERED), "all": str(pool_file),
             "random": str(random_file)}
     cost = bench(base, args, None) if args.bench_steps else None
