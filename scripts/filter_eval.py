@@ -231,10 +231,11 @@ def main_real(args: argparse.Namespace) -> None:
     cost = bench(base, args, str(pool)) if args.bench_steps else None
     kept = [row for row in read_rows(stage_dir(base, 0, FILTER) / Files.FILTERED, "sft").rows]
     random_file, oracle_file = base / "random_subset.jsonl", base / "oracle_clean.jsonl"
+    pool_rows = read_rows(pool, "sft").rows
     if not random_file.is_file():
-        write_jsonl(random_file, subset_rng(args.seed).sample(read_rows(pool, "sft").rows, len(kept)))
+        write_jsonl(random_file, subset_rng(args.seed).sample(pool_rows, len(kept)))
     if not oracle_file.is_file():  # an upper bound: exactly the clean rows, known from the labels
-        write_jsonl(oracle_file, [row for row in read_rows(pool, "sft").rows if labels[row.id] == CLEAN])
+        write_jsonl(oracle_file, [row for row in pool_rows if labels[row.id] == CLEAN])
     baseline_file, baseline_scores = loss_baseline(base, args, pool)
     found_by_loss = quality(baseline_scores, labels)
     sets = {"all": str(pool), "filtered": str(stage_dir(base, 0, FILTER) / Files.FILTERED),
@@ -250,14 +251,15 @@ def main_real(args: argparse.Namespace) -> None:
             model = str(trained_model(stage_dir(base / name, 0, JOINT_TRAIN)))
             judged[name] = evaluate(base / f"eval-{name}", model, common(args), ["win_rate"], judging,
                                     judged["all"]["answers"])
+    compared = {"filtered", "loss_baseline", "oracle_clean"} & judged.keys()  # paired against random
     rows = [{"train data": name, "rows": len(list(read_jsonl(path))), "noisy": noisy_share(path, labels),
-             "sft_loss": trained[name]["eval/sft_loss"],
-             "train_s": trained[name]["train_seconds"], **win_rate_columns(judged.get(name)),
-             **(gain_over(judged[name], judged["random"]) if name in judged and name not in ("all", "random") else {})}
+             "sft_loss": trained[name]["eval/sft_loss"], "train_s": trained[name]["train_seconds"],
+             **win_rate_columns(judged.get(name)),
+             **(gain_over(judged[name], judged["random"]) if name in compared else {})}
             for name, path in sets.items()]
-    report = {"loss_baseline_selection": found_by_loss, "selection": {**found, "kept": selection_metrics["kept"], "scored": selection_metrics["scored"],
+    report = {"selection": {**found, "kept": selection_metrics["kept"], "scored": selection_metrics["scored"],
                             "filter_seconds": selection_metrics["filter_seconds"], "steps": selection_metrics["steps"]},
-              "cost": cost, "downstream": rows}
+              "loss_baseline_selection": found_by_loss, "cost": cost, "downstream": rows}
     lines = [f"pool: {len(labels)} Alpaca-cleaned rows, {args.noise:.0%} corrupted ({', '.join(NOISE_KINDS)}), "
              f"golden: Alpaca-GPT4 train; selector: SmolLM2-135M LoRA, value-function term on, one pass; "
              f"downstream: {args.train_steps} SFT steps, batch {args.batch_size}, seed {args.seed}", "",
