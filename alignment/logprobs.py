@@ -7,8 +7,8 @@ never predicted and the last logit position predicts nothing. Positions whose la
 prompt, padding) contribute exactly 0, so every sum is over **response tokens only**.
 
 All results are float32 whatever the logits' dtype. The log-softmax is *selective*: per batch row we take one
-``logsumexp`` and one ``gather`` instead of materialising a full ``[B, T, V]`` log-softmax, so at most one row's
-``[T, V]`` float32 copy exists at a time (none at all when the logits are already float32).
+``logsumexp`` and one ``gather`` over that row's response positions only, instead of materialising a full
+``[B, T, V]`` log-softmax, so at most one row's ``[n, V]`` float32 copy (n response tokens) exists at a time.
 """
 
 from __future__ import annotations
@@ -74,14 +74,15 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     _check_logits_labels(logits, labels)
     targets, mask = _safe_targets(labels, logits.shape[-1])
-    rows = []
-    for row_logits, row_targets in zip(logits[:, :-1], targets, strict=True):
-        row = row_logits.float()  # [T-1, V]; a no-op for float32 logits
-        picked = row.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row, dim=-1))
-    if not rows:
-        return torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
-    return torch.stack(rows).masked_fill(~mask, 0.0)
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
+    for row, (row_logits, row_targets, row_mask) in enumerate(zip(logits[:, :-1], targets, mask, strict=True)):
+        # Only the response positions: prompt and padding rows of the [T-1, V] logits predict nothing, and on
+        # long prompts they are most of the log-softmax's work (forward and backward).
+        kept = row_mask.nonzero().squeeze(-1)  # [n]
+        scored = row_logits[kept].float()  # [n, V]
+        picked = scored.gather(-1, row_targets[kept].unsqueeze(-1)).squeeze(-1)
+        out[row, kept] = picked - torch.logsumexp(scored, dim=-1)
+    return out
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> SequenceLogps:

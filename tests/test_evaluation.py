@@ -135,6 +135,23 @@ def test_continuation_logprob_sums_the_continuation_tokens_only() -> None:
     assert scores == pytest.approx([-math.log(VOCAB), -2 * math.log(VOCAB)])
 
 
+class RandomLM(torch.nn.Module):
+    """Fixed random logits ``[B, T, V]`` (seeded by the input shape): every position predicts differently."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        generator = torch.Generator().manual_seed(input_ids.numel())
+        return SimpleNamespace(logits=torch.randn(*input_ids.shape, VOCAB, generator=generator))
+
+
+def test_continuation_logprob_equals_the_full_log_softmax() -> None:
+    context, continuations = [1, 2, 3, 4], [[5], [6, 7, 8]]
+    scores = continuation_logprobs(RandomLM(), context, continuations)
+    logits = RandomLM()(torch.zeros(2, 7, dtype=torch.long), None).logits  # the same batch shape, same logits
+    full = torch.log_softmax(logits, dim=-1)
+    expected = [float(full[0, 3, 5]), float(full[1, 3, 6] + full[1, 4, 7] + full[1, 5, 8])]
+    assert scores == pytest.approx(expected, abs=1e-5)
+
+
 def test_mmlu_picks_the_likeliest_option_letter() -> None:
     bias = torch.zeros(VOCAB)
     bias[ord("C")] = 10.0  # the letter C is by far the likeliest next token everywhere

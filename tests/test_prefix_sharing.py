@@ -9,11 +9,17 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from alignment.data.collate import collate_preference, collate_prefix_shared
+from alignment.data.collate import collate_preference, collate_prefix_shared, prefix_shared_logps
 from alignment.data.tokenize import TokenizedPair
 from alignment.losses import LossParams, LossType
 from alignment.train.components import PreferenceComponent, model_reference
-from alignment.train.prefix_forward import concatenated_forward, pair_count, pair_logps, prefix_shared_forward
+from alignment.train.prefix_forward import (
+    concatenated_forward,
+    kept_logit_positions,
+    pair_count,
+    pair_logps,
+    prefix_shared_forward,
+)
 
 VOCAB = 48
 
@@ -83,6 +89,27 @@ def test_gradients_match_between_layouts():
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_the_output_layer_runs_only_where_a_response_token_is_predicted():
+    """Long shared prompts: the head sees K < T positions, and the log-probs equal those from full logits."""
+    model = tiny_llama("sdpa")
+    pairs = [TokenizedPair("a", list(range(1, 21)), [3, 4], [5]), TokenizedPair("b", list(range(1, 16)), [6], [7, 8])]
+    batch = collate_prefix_shared(pairs, pad_id=0)
+    kept, positions = kept_logit_positions(batch)
+    # pair a: chosen from 19 and 20, rejected from 19 (the last prompt token); pair b: chosen from 14, rejected
+    # from 14 and 16
+    assert kept.tolist() == [14, 16, 19, 20]
+    seen = []
+    model.lm_head.register_forward_hook(lambda _module, _inputs, out: seen.append(tuple(out.shape)))
+    with torch.no_grad():
+        selective = prefix_shared_forward(model, batch)
+        full = prefix_shared_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                         position_ids=batch["position_ids"]).logits, batch)
+    assert seen[0] == (2, 4, VOCAB) and batch["input_ids"].shape[1] == 23
+    torch.testing.assert_close(selective.chosen, full[0], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(selective.rejected, full[1], atol=1e-5, rtol=1e-6)
+    assert positions[batch["chosen_mask"] | batch["rejected_mask"]].max() < kept.numel()
 
 
 def test_unpaired_loss_refuses_the_prefix_shared_layout():

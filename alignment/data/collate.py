@@ -100,12 +100,19 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> tor
 
 
 def prefix_shared_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs ``(chosen [B], rejected [B])`` from logits ``[B,T,V]`` of a prefix-shared batch."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    sources = batch["logit_positions"].unsqueeze(-1).expand(-1, -1, log_probs.shape[-1])
-    aligned = torch.gather(log_probs, 1, sources)  # [B,T,V]: the distribution that predicts token t
-    targets = batch["labels"].clamp(min=0).unsqueeze(-1)
-    token_logps = torch.gather(aligned, 2, targets).squeeze(-1)  # [B,T]
+    """Summed response log-probs ``(chosen [B], rejected [B])`` from logits ``[B,T,V]`` of a prefix-shared batch.
+
+    Selective: only the N response tokens' predicting rows are taken (``[N,V]``, float32), and each token's
+    log-prob is ``logit[target] − logsumexp(logits)``; a full ``[B,T,V]`` log-softmax (and its gathered copy,
+    and both in the backward) would cost several times the logits' memory traffic for prompt positions that
+    predict nothing.
+    """
+    scored = batch["chosen_mask"] | batch["rejected_mask"]  # [B,T]
+    rows, cols = scored.nonzero(as_tuple=True)  # [N] each
+    predicting = logits[rows, batch["logit_positions"][rows, cols]].float()  # [N,V]
+    targets = batch["labels"][rows, cols].unsqueeze(-1)  # [N,1]
+    token = predicting.gather(-1, targets).squeeze(-1) - torch.logsumexp(predicting, dim=-1)  # [N]
+    token_logps = torch.zeros(scored.shape, dtype=torch.float32, device=logits.device).index_put((rows, cols), token)
     chosen = (token_logps * batch["chosen_mask"]).sum(dim=1)
     rejected = (token_logps * batch["rejected_mask"]).sum(dim=1)
     return chosen, rejected

@@ -69,13 +69,15 @@ def continuation_logprobs(model: Any, context_ids: Sequence[int], continuations:
     from alignment.evaluation.heldout import model_device
 
     device = model_device(model)
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-    logprobs = torch.log_softmax(logits, dim=-1)
+    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # [N, T, V]
     scores = []
+    start = len(context_ids)
     for index, ids in enumerate(continuations):
-        start = len(context_ids)
-        positions = torch.arange(start - 1, start - 1 + len(ids))  # logits at t predict token t + 1
-        scores.append(float(logprobs[index, positions, torch.tensor(list(ids))].sum()))
+        # Only the continuation's positions (logits at t predict token t + 1): a log-softmax over the whole
+        # context would be most of the work and predicts nothing that is scored.
+        scored = logits[index, start - 1: start - 1 + len(ids)].float()  # [n, V]
+        targets = torch.tensor(list(ids), device=scored.device).unsqueeze(-1)
+        scores.append(float((scored.gather(-1, targets).squeeze(-1) - torch.logsumexp(scored, dim=-1)).sum()))
     return scores
 
 

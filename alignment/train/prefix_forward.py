@@ -56,12 +56,27 @@ def prefix_shared_forward(model: Any, batch: Batch) -> PairLogps:
     """Log-probs of a prefix-shared batch: one forward with the 4-D mask and position ids.
 
     ``batch``: ``input_ids``/``position_ids [B,T]``, ``attention_mask [B,1,T,T]`` (bool) and the label
-    bookkeeping of :func:`alignment.data.collate.collate_prefix_shared`.
+    bookkeeping of :func:`alignment.data.collate.collate_prefix_shared`. The output layer runs only at the K
+    positions whose logits predict a response token in some row (``logits_to_keep``): the prompt's other
+    positions predict nothing, and on long prompts the ``[B,T,V]`` head and its backward are a large share of
+    a step.
     """
+    kept, positions = kept_logit_positions(batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=prefix_shared_mask(model, batch["attention_mask"]),
-                   position_ids=batch["position_ids"]).logits
-    chosen, rejected = prefix_shared_logps(logits, batch)
+                   position_ids=batch["position_ids"], logits_to_keep=kept).logits  # [B,K,V]
+    chosen, rejected = prefix_shared_logps(logits, {**batch, "logit_positions": positions})
     return PairLogps(chosen, rejected, batch["chosen_lengths"], batch["rejected_lengths"])
+
+
+def kept_logit_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted positions ``[K]`` whose logits predict a response token in any row of a prefix-shared batch,
+    and ``logit_positions [B,T]`` re-indexed into them (0 where no token is predicted)."""
+    scored = batch["chosen_mask"] | batch["rejected_mask"]  # [B,T]
+    kept = torch.unique(batch["logit_positions"][scored])  # sorted
+    if kept.numel() == 0:  # no response token at all: keep one position so the forward stays well-formed
+        kept = torch.zeros(1, dtype=torch.long, device=scored.device)
+    positions = torch.searchsorted(kept, batch["logit_positions"]).clamp(max=kept.numel() - 1)
+    return kept, positions.masked_fill(~scored, 0)
 
 
 def concatenated_forward(model: Any, batch: Batch) -> PairLogps:
