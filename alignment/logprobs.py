@@ -62,6 +62,20 @@ def _safe_targets(labels: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, 
     return targets, mask
 
 
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[target]`` of each row, as ``logit[target] − logsumexp(logit)``.
+
+    Args:
+        logits: ``[N, V]`` the rows that predict the targets (any float dtype).
+        targets: ``[N]`` token ids.
+
+    Returns:
+        float32 ``[N]``.
+    """
+    rows = logits.float()
+    return rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(rows, dim=-1)
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Log-prob of each shifted label token.
 
@@ -79,9 +93,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Only the response positions: prompt and padding rows of the [T-1, V] logits predict nothing, and on
         # long prompts they are most of the log-softmax's work (forward and backward).
         kept = row_mask.nonzero().squeeze(-1)  # [n]
-        scored = row_logits[kept].float()  # [n, V]
-        picked = scored.gather(-1, row_targets[kept].unsqueeze(-1)).squeeze(-1)
-        out[row, kept] = picked - torch.logsumexp(scored, dim=-1)
+        out[row, kept] = target_logprobs(row_logits[kept], row_targets[kept])
     return out
 
 

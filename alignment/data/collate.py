@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from alignment.data.tokenize import IGNORE_INDEX, TokenizedPair, TokenizedSFT
+from alignment.logprobs import target_logprobs
 
 
 def collate_sft(examples: Sequence[TokenizedSFT], pad_id: int) -> dict[str, torch.Tensor]:
@@ -109,9 +110,8 @@ def prefix_shared_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) ->
     """
     scored = batch["chosen_mask"] | batch["rejected_mask"]  # [B,T]
     rows, cols = scored.nonzero(as_tuple=True)  # [N] each
-    predicting = logits[rows, batch["logit_positions"][rows, cols]].float()  # [N,V]
-    targets = batch["labels"][rows, cols].unsqueeze(-1)  # [N,1]
-    token = predicting.gather(-1, targets).squeeze(-1) - torch.logsumexp(predicting, dim=-1)  # [N]
+    predicting = logits[rows, batch["logit_positions"][rows, cols]]  # [N,V]
+    token = target_logprobs(predicting, batch["labels"][rows, cols])  # [N]
     token_logps = torch.zeros(scored.shape, dtype=torch.float32, device=logits.device).index_put((rows, cols), token)
     chosen = (token_logps * batch["chosen_mask"]).sum(dim=1)
     rejected = (token_logps * batch["rejected_mask"]).sum(dim=1)

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignment.evaluation.stats import DEFAULT_RESAMPLES, estimate
+from alignment.logprobs import IGNORE_INDEX, sequence_logprobs
 
 LETTERS = "ABCDEFGHIJ"
 Encode = Callable[[str], list[int]]
@@ -63,22 +64,16 @@ def continuation_logprobs(model: Any, context_ids: Sequence[int], continuations:
     width = max(len(row) for row in rows)
     input_ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # scored: the continuation only
     for index, row in enumerate(rows):
         input_ids[index, : len(row)] = torch.tensor(row)
         mask[index, : len(row)] = 1
+        labels[index, len(context_ids): len(row)] = torch.tensor(list(continuations[index]))
     from alignment.evaluation.heldout import model_device
 
     device = model_device(model)
     logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # [N, T, V]
-    scores = []
-    start = len(context_ids)
-    for index, ids in enumerate(continuations):
-        # Only the continuation's positions (logits at t predict token t + 1): a log-softmax over the whole
-        # context would be most of the work and predicts nothing that is scored.
-        scored = logits[index, start - 1: start - 1 + len(ids)].float()  # [n, V]
-        targets = torch.tensor(list(ids), device=scored.device).unsqueeze(-1)
-        scores.append(float((scored.gather(-1, targets).squeeze(-1) - torch.logsumexp(scored, dim=-1)).sum()))
-    return scores
+    return sequence_logprobs(logits, labels.to(device)).sum.tolist()
 
 
 def predict_option(model: Any, encode: Encode, prompt: str, n_options: int, bos_id: int | None = None,
