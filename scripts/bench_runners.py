@@ -73,8 +73,9 @@ def args_allow_truncation(rows_file: str) -> bool:
     return Path(rows_file).name.startswith("raw-")
 
 
-def load_our_data(model_dir: str, rows_file: str, max_length: int) -> tuple[Any, list[Any], list[Any]]:
-    """Tokenizer, the rows' preference pairs and SFT examples (prompt + chosen)."""
+def load_our_data(model_dir: str, rows_file: str, max_length: int,
+                  with_sft: bool) -> tuple[Any, list[Any], list[Any]]:
+    """Tokenizer, the rows' preference pairs and (``with_sft``) SFT examples (prompt + chosen)."""
     from alignment.data.readers import read_rows
     from alignment.data.rows import PreferenceRow, SFTRow
     from alignment.data.tokenize import tokenize_dataset
@@ -85,6 +86,8 @@ def load_our_data(model_dir: str, rows_file: str, max_length: int) -> tuple[Any,
     pairs, stats = tokenize_dataset(tokenizer, rows, max_length=max_length)
     if (stats.truncated or stats.kept != len(rows)) and not args_allow_truncation(rows_file):
         raise SystemExit(f"{rows_file}: {stats.truncated} rows truncated, {len(rows) - stats.kept} dropped")
+    if not with_sft:  # a preference-only run tokenizes what it trains on, as a real run's data stage does
+        return tokenizer, pairs, []
     sft_rows = [SFTRow(row.id, row.messages, row.chosen) for row in rows if isinstance(row, PreferenceRow)]
     sft, _ = tokenize_dataset(tokenizer, sft_rows, max_length=max_length)
     return tokenizer, pairs, sft
@@ -143,7 +146,8 @@ def run_ours(config: dict[str, Any], model_dir: str, args: argparse.Namespace, w
     from alignment.train.setup import make_accelerator, make_optimizer, make_scheduler
 
     torch.manual_seed(args.seed)
-    tokenizer, pairs, sft = load_our_data(model_dir, args.rows_file, args.max_length)
+    tokenizer, pairs, sft = load_our_data(model_dir, args.rows_file, args.max_length,
+                                          with_sft=config["objective"] != "preference")
     pad = int(tokenizer.pad_token_id)
     model = load_causal_lm(model_dir, "float32", "sdpa")
     disable_dropout(model)
@@ -169,11 +173,12 @@ def run_ours(config: dict[str, Any], model_dir: str, args: argparse.Namespace, w
             return batch
 
     streams: dict[int, Any] = {
-        0: CountedBatches("sft", sft, args.batch_size, partial(collate_sft, pad_id=pad), args.seed,
-                          bucket_window=window),
         1: CountedBatches("preference", pairs, args.batch_size, collate, args.seed + 1, bucket_window=window,
                           length=prefix_shared_length if shared else None),
     }
+    if sft:
+        streams[0] = CountedBatches("sft", sft, args.batch_size, partial(collate_sft, pad_id=pad), args.seed,
+                                    bucket_window=window)
     components: dict[int, Any] = {0: SFTComponent(), 1: PreferenceComponent(LossType("dpo"), LossParams(beta=0.1),
                                                                               reference, pad_id=pad)}
     gaps = equal_gap_optima(model, components, streams) if config["objective"] == "maxright" else (0.0, 0.0)

@@ -248,6 +248,67 @@ def test_hh_dialogues_tokenize_with_exact_response_spans(tokenizer: Any) -> None
     assert checked > 50
 
 
+def whole_text_response_ids(tokenizer: Any, prompt_text: str, response: str) -> list[int]:
+    """The definition: ``prompt + response`` encoded whole and cut at the prompt (the response alone if BPE merged
+    across the boundary), one EOS."""
+    prompt_ids = encode_text(tokenizer, prompt_text)
+    full = encode_text(tokenizer, prompt_text + response)
+    ids = full[len(prompt_ids):] if full[: len(prompt_ids)] == prompt_ids else encode_text(tokenizer, response)
+    return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+
+
+class RecordingTokenizer:
+    """A tokenizer that records the texts it encodes and may report other strings as its special tokens."""
+
+    def __init__(self, tokenizer: Any, specials: list[str] | None = None):
+        self._tokenizer = tokenizer
+        self.all_special_tokens = tokenizer.all_special_tokens if specials is None else specials
+        self.encoded: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, text: str | list[str], **kwargs: Any) -> Any:
+        self.encoded += [text] if isinstance(text, str) else text
+        return self._tokenizer(text, **kwargs)
+
+
+@needs_shared_data
+@pytest.mark.parametrize("chunk_rows", [256, 7])
+def test_batched_tail_encoding_equals_encoding_the_whole_text(tokenizer: Any, chunk_rows: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("alignment.data.tokenize.ENCODE_CHUNK_ROWS", chunk_rows)
+    rows = read_rows(HH_TEST, "preference", max_rows=60).rows
+    recording = RecordingTokenizer(tokenizer)
+    examples, stats = tokenize_dataset(recording, rows, 10**6)
+    assert stats.kept == 60 and stats.truncated == 0
+    multi_turn = 0
+    for row, example in zip(rows, examples, strict=True):
+        assert isinstance(row, PreferenceRow) and isinstance(example, TokenizedPair)
+        prompt_text = render_prompt(tokenizer, row.messages)
+        multi_turn += len(row.messages) > 1
+        assert prompt_text + row.chosen not in recording.encoded  # a response is encoded after the tail only
+        assert example.prompt_ids == encode_text(tokenizer, prompt_text)
+        assert example.chosen_ids == whole_text_response_ids(tokenizer, prompt_text, row.chosen)
+        assert example.rejected_ids == whole_text_response_ids(tokenizer, prompt_text, row.rejected)
+        assert tokenize_preference(tokenizer, row, 10**6) == example
+    assert multi_turn > 10  # dialogues with several special tokens, so the tail is a real suffix
+
+
+def test_a_tail_off_a_token_boundary_falls_back_to_the_whole_text(tokenizer: Any) -> None:
+    row = sft_row("What is the capital of France?", "Paris.")
+    prompt_text = render_prompt(tokenizer, row.messages)
+    tail = prompt_text[prompt_text.rfind("apital"):]
+    prompt_ids = encode_text(tokenizer, prompt_text)
+    tail_ids = encode_text(tokenizer, tail)
+    assert prompt_ids[len(prompt_ids) - len(tail_ids):] != tail_ids  # precondition: "apital" is mid-token
+    claimed = RecordingTokenizer(tokenizer, ["apital"])
+    example = tokenize_sft(claimed, row, 64)
+    assert example is not None and not example.prefix_fallback
+    assert prompt_text + row.response in claimed.encoded
+    assert example.input_ids == prompt_ids + whole_text_response_ids(tokenizer, prompt_text, row.response)
+
+
 def test_stats_percentiles_are_hand_computed() -> None:
     # linear interpolation: p50 of 1..4 is 2.5; p95 sits at index 0.95 * 3 = 2.85 -> 3 + 0.85 = 3.85
     assert length_summary([4, 1, 3, 2]) == pytest.approx({"min": 1.0, "mean": 2.5, "p50": 2.5, "p95": 3.85,

@@ -5,10 +5,14 @@ Conventions (every trainer relies on them):
 * The prompt is rendered with the tokenizer's chat template (``add_generation_prompt=True``) and tokenized with
   ``add_special_tokens=False``, because the template itself carries the BOS. If the tokenizer has a BOS token and
   the template did not emit it, it is prepended once; duplicated leading BOS tokens are collapsed to one.
-* Response ids are taken from tokenizing ``prompt_text + response`` once and cutting at the prompt's length, so
-  the ids are exactly those the model sees in the full sequence. When BPE merges across the prompt/response
-  boundary (the prompt ids are then not a prefix of the full ids), the response is tokenized alone instead and
-  the example is flagged ``prefix_fallback``.
+* Response ids are those of ``prompt_text + response`` cut at the prompt's length, so the ids are exactly those
+  the model sees in the full sequence. When BPE merges across the prompt/response boundary (the prompt ids are
+  then not a prefix of the full ids), the response is tokenized alone instead and the example is flagged
+  ``prefix_fallback``. To avoid encoding a long dialogue once per response, each response is encoded after the
+  prompt's *tail* only, the text from its last special token on: special tokens are atomic in HF tokenizers
+  (the text on either side is tokenized independently), so the ids equal those of the full text. The tail is
+  used only where its ids in isolation equal the prompt's last ids; otherwise the full text is encoded.
+  :func:`tokenize_dataset` encodes many rows per tokenizer call (fast tokenizers encode a batch in Rust).
 * Every complete response ends with exactly one EOS, and the loss covers exactly the response tokens + EOS.
 * Truncation (when ``len(prompt) + len(response) > max_length``): the prompt is shortened first (``keep_end``
   drops its oldest tokens but keeps the BOS, ``keep_start`` drops its end) down to ``min_prompt_length`` tokens
@@ -111,10 +115,34 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_prompt(tokenizer: Any, messages: Sequence[Message]) -> tuple[str, list[int]]:
-    """Rendered prompt text and its ids as tokenized (template BOS included, nothing else added)."""
-    text = render_prompt(tokenizer, messages)
-    return text, encode_text(tokenizer, text)
+def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text (no special tokens added), from one tokenizer call for the whole batch."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_length: int
+    truncation: str
+    min_prompt_length: int | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one row needs encoded: ``texts`` = [prompt, tail, tail + each response] (no separate tail when the
+    prompt has no special token: the tail is then the whole prompt)."""
+
+    row: SFTRow | UnpairedRow | PreferenceRow
+    prompt_text: str
+    tail: str
+    responses: tuple[str, ...]
+
+    @property
+    def texts(self) -> list[str]:
+        own_tail = [self.tail] if self.tail != self.prompt_text else []
+        return [self.prompt_text, *own_tail, *(self.tail + response for response in self.responses)]
 
 
 def tokenize_sft(
@@ -126,24 +154,11 @@ def tokenize_sft(
 ) -> TokenizedSFT | None:
     """Tokenize an SFT (or unpaired/KTO) row into ids + loss mask; ``None`` if truncation leaves no response."""
     _check_args(tokenizer, max_length, truncation)
-    response = row.response if isinstance(row, SFTRow) else row.completion
-    prompt_text, raw_prompt = encode_prompt(tokenizer, row.messages)
-    response_ids, fallback = _response_ids(tokenizer, prompt_text, raw_prompt, response)
-    fitted = _fit(_with_single_bos(tokenizer, raw_prompt), [response_ids], max_length, truncation,
-                  min_prompt_length, _bos_id(tokenizer))
-    if fitted is None:
-        return None
-    prompt_ids, (kept_response,), truncated = fitted
-    return TokenizedSFT(
-        id=row.id,
-        input_ids=prompt_ids + kept_response,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + kept_response,
-        loss_mask=[0] * len(prompt_ids) + [1] * len(kept_response),
-        prompt_length=len(prompt_ids),
-        truncated=truncated,
-        prefix_fallback=fallback,
-        label=row.label if isinstance(row, UnpairedRow) else None,
-    )
+    plan = _plan(tokenizer, row)
+    example = _assemble(tokenizer, plan, encode_texts(tokenizer, plan.texts),
+                        _Limits(max_length, truncation, min_prompt_length))
+    assert example is None or isinstance(example, TokenizedSFT)
+    return example
 
 
 def tokenize_preference(
@@ -158,16 +173,11 @@ def tokenize_preference(
     Returns ``None`` when truncation would leave either response empty.
     """
     _check_args(tokenizer, max_length, truncation)
-    prompt_text, raw_prompt = encode_prompt(tokenizer, row.messages)
-    chosen, chosen_fallback = _response_ids(tokenizer, prompt_text, raw_prompt, row.chosen)
-    rejected, rejected_fallback = _response_ids(tokenizer, prompt_text, raw_prompt, row.rejected)
-    fitted = _fit(_with_single_bos(tokenizer, raw_prompt), [chosen, rejected], max_length, truncation,
-                  min_prompt_length, _bos_id(tokenizer))
-    if fitted is None:
-        return None
-    prompt_ids, (kept_chosen, kept_rejected), truncated = fitted
-    return TokenizedPair(row.id, prompt_ids, kept_chosen, kept_rejected, truncated,
-                         chosen_fallback or rejected_fallback)
+    plan = _plan(tokenizer, row)
+    example = _assemble(tokenizer, plan, encode_texts(tokenizer, plan.texts),
+                        _Limits(max_length, truncation, min_prompt_length))
+    assert example is None or isinstance(example, TokenizedPair)
+    return example
 
 
 def tokenize_dataset(
@@ -182,12 +192,13 @@ def tokenize_dataset(
     Dropped rows (no response token left after truncation; pairs identical after truncation) are counted in
     ``stats``; prompt rows are an error.
     """
+    _check_args(tokenizer, max_length, truncation)
+    limits = _Limits(max_length, truncation, min_prompt_length)
     examples: list[TokenizedSFT | TokenizedPair] = []
     stats = TokenizeStats()
     lengths: list[int] = []
-    for row in rows:
+    for example in _encoded_in_chunks(tokenizer, rows, limits):
         stats.rows += 1
-        example = _tokenize_any(tokenizer, row, max_length, truncation, min_prompt_length)
         if example is None:
             stats.dropped_empty_after_truncation += 1
             continue
@@ -218,13 +229,72 @@ def preview(tokenizer: Any, tokenized: TokenizedSFT | TokenizedPair) -> str:
 # --- helpers -----------------------------------------------------------------------------------------------
 
 
-def _tokenize_any(tokenizer: Any, row: Row, max_length: int, truncation: str,
-                  min_prompt_length: int | None) -> TokenizedSFT | TokenizedPair | None:
-    if isinstance(row, PreferenceRow):
-        return tokenize_preference(tokenizer, row, max_length, truncation, min_prompt_length)
+ENCODE_CHUNK_ROWS = 256  # rows per tokenizer call: large enough to amortise the call, small enough to stream
+
+
+def _encoded_in_chunks(tokenizer: Any, rows: Iterable[Row],
+                       limits: _Limits) -> Iterable[TokenizedSFT | TokenizedPair | None]:
+    """Each row tokenized (``None`` where truncation empties a response), in order, one encode call per chunk."""
+    chunk: list[_Plan] = []
+    for row in rows:
+        chunk.append(_plan(tokenizer, row))
+        if len(chunk) == ENCODE_CHUNK_ROWS:
+            yield from _encode_chunk(tokenizer, chunk, limits)
+            chunk = []
+    yield from _encode_chunk(tokenizer, chunk, limits)
+
+
+def _encode_chunk(tokenizer: Any, plans: list[_Plan],
+                  limits: _Limits) -> list[TokenizedSFT | TokenizedPair | None]:
+    ids = encode_texts(tokenizer, [text for plan in plans for text in plan.texts])
+    examples, start = [], 0
+    for plan in plans:
+        count = len(plan.texts)
+        examples.append(_assemble(tokenizer, plan, ids[start:start + count], limits))
+        start += count
+    return examples
+
+
+def _plan(tokenizer: Any, row: Row) -> _Plan:
     if isinstance(row, PromptRow):
         raise TypeError(f"row {row.id} is a prompt row: it has no response to tokenize for training")
-    return tokenize_sft(tokenizer, row, max_length, truncation, min_prompt_length)
+    prompt_text = render_prompt(tokenizer, row.messages)
+    specials = getattr(tokenizer, "all_special_tokens", None) or []
+    split = max([prompt_text.rfind(token) for token in specials if token] + [0])
+    if isinstance(row, PreferenceRow):
+        responses: tuple[str, ...] = (row.chosen, row.rejected)
+    else:
+        responses = (row.response if isinstance(row, SFTRow) else row.completion,)
+    return _Plan(row, prompt_text, prompt_text[split:], responses)
+
+
+def _assemble(tokenizer: Any, plan: _Plan, ids: list[list[int]],
+              limits: _Limits) -> TokenizedSFT | TokenizedPair | None:
+    """The example from a plan's encoded texts: exact response ids, one BOS, one EOS, fitted to the limits."""
+    raw_prompt = ids[0]
+    tail_ids = ids[1] if plan.tail != plan.prompt_text else raw_prompt
+    joined = ids[len(ids) - len(plan.responses):]
+    found = [_response_ids(tokenizer, plan, raw_prompt, tail_ids, joined_ids, response)
+             for joined_ids, response in zip(joined, plan.responses, strict=True)]
+    fitted = _fit(_with_single_bos(tokenizer, raw_prompt), [response for response, _ in found], limits.max_length,
+                  limits.truncation, limits.min_prompt_length, _bos_id(tokenizer))
+    if fitted is None:
+        return None
+    prompt_ids, kept, truncated = fitted
+    fallback = any(flag for _, flag in found)
+    row = plan.row
+    if isinstance(row, PreferenceRow):
+        return TokenizedPair(row.id, prompt_ids, kept[0], kept[1], truncated, fallback)
+    return TokenizedSFT(
+        id=row.id,
+        input_ids=prompt_ids + kept[0],
+        labels=[IGNORE_INDEX] * len(prompt_ids) + kept[0],
+        loss_mask=[0] * len(prompt_ids) + [1] * len(kept[0]),
+        prompt_length=len(prompt_ids),
+        truncated=truncated,
+        prefix_fallback=fallback,
+        label=row.label if isinstance(row, UnpairedRow) else None,
+    )
 
 
 def _check_args(tokenizer: Any, max_length: int, truncation: str) -> None:
@@ -257,11 +327,17 @@ def _with_single_bos(tokenizer: Any, prompt_ids: list[int]) -> list[int]:
     return [bos] + list(prompt_ids[start:])
 
 
-def _response_ids(tokenizer: Any, prompt_text: str, prompt_ids: list[int], response: str) -> tuple[list[int], bool]:
-    """Response ids + one EOS, cut from the full sequence's ids; ``(ids, True)`` if BPE broke the prefix."""
-    full_ids = encode_text(tokenizer, prompt_text + response)
-    fallback = full_ids[: len(prompt_ids)] != prompt_ids
-    ids = encode_text(tokenizer, response) if fallback else full_ids[len(prompt_ids):]
+def _response_ids(tokenizer: Any, plan: _Plan, prompt_ids: list[int], tail_ids: list[int], joined_ids: list[int],
+                  response: str) -> tuple[list[int], bool]:
+    """Response ids + one EOS, cut from ``tail + response``'s ids; ``(ids, True)`` if BPE broke the prefix.
+
+    When the tail does not encode in isolation as it does at the end of the prompt (it did not start at a token
+    boundary), ``prompt + response`` is encoded whole instead.
+    """
+    if prompt_ids[len(prompt_ids) - len(tail_ids):] != tail_ids:
+        tail_ids, joined_ids = prompt_ids, encode_text(tokenizer, plan.prompt_text + response)
+    fallback = joined_ids[: len(tail_ids)] != tail_ids
+    ids = encode_text(tokenizer, response) if fallback else joined_ids[len(tail_ids):]
     eos = _eos_id(tokenizer)
     if not ids or ids[-1] != eos:  # a response whose text already ends with the EOS string keeps just that one
         ids.append(eos)
