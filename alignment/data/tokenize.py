@@ -153,10 +153,7 @@ def tokenize_sft(
     min_prompt_length: int | None = None,
 ) -> TokenizedSFT | None:
     """Tokenize an SFT (or unpaired/KTO) row into ids + loss mask; ``None`` if truncation leaves no response."""
-    _check_args(tokenizer, max_length, truncation)
-    plan = _plan(tokenizer, row)
-    example = _assemble(tokenizer, plan, encode_texts(tokenizer, plan.texts),
-                        _Limits(max_length, truncation, min_prompt_length))
+    example = _tokenize_one(tokenizer, row, _Limits(max_length, truncation, min_prompt_length))
     assert example is None or isinstance(example, TokenizedSFT)
     return example
 
@@ -172,10 +169,7 @@ def tokenize_preference(
 
     Returns ``None`` when truncation would leave either response empty.
     """
-    _check_args(tokenizer, max_length, truncation)
-    plan = _plan(tokenizer, row)
-    example = _assemble(tokenizer, plan, encode_texts(tokenizer, plan.texts),
-                        _Limits(max_length, truncation, min_prompt_length))
+    example = _tokenize_one(tokenizer, row, _Limits(max_length, truncation, min_prompt_length))
     assert example is None or isinstance(example, TokenizedPair)
     return example
 
@@ -244,14 +238,19 @@ def _encoded_in_chunks(tokenizer: Any, rows: Iterable[Row],
     yield from _encode_chunk(tokenizer, chunk, limits)
 
 
+def _tokenize_one(tokenizer: Any, row: Row, limits: _Limits) -> TokenizedSFT | TokenizedPair | None:
+    _check_args(tokenizer, limits.max_length, limits.truncation)
+    return _encode_chunk(tokenizer, [_plan(tokenizer, row)], limits)[0]
+
+
 def _encode_chunk(tokenizer: Any, plans: list[_Plan],
                   limits: _Limits) -> list[TokenizedSFT | TokenizedPair | None]:
-    ids = encode_texts(tokenizer, [text for plan in plans for text in plan.texts])
+    texts = [plan.texts for plan in plans]
+    ids = encode_texts(tokenizer, [text for row_texts in texts for text in row_texts])
     examples, start = [], 0
-    for plan in plans:
-        count = len(plan.texts)
-        examples.append(_assemble(tokenizer, plan, ids[start:start + count], limits))
-        start += count
+    for plan, row_texts in zip(plans, texts, strict=True):
+        examples.append(_assemble(tokenizer, plan, ids[start:start + len(row_texts)], limits))
+        start += len(row_texts)
     return examples
 
 
