@@ -58,6 +58,13 @@ class CyclingBatches(Generic[Example]):
         self.consumed += 1
         return self.collate([self.examples[i] for i in indices])
 
+    def skip(self) -> None:
+        """Consume the next batch without building it."""
+        if self._peeked is None:
+            self._next_indices()
+        self._peeked = None
+        self.consumed += 1
+
     @property
     def epoch(self) -> int:
         return self.sampler.epoch

@@ -135,13 +135,24 @@ class JointTrainer:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     @torch.no_grad()
-    def _refresh(self) -> None:
-        """MAXRIGHT: recompute both losses on the batches about to be used (no update), averaged over ranks."""
+    def _refresh(self) -> dict[str, float]:
+        """MAXRIGHT: recompute both losses on the batches about to be used (no update), averaged over ranks;
+        returns them for the metrics log."""
         losses = []
         for index in (0, 1):
             loss, _ = self.components[index].loss(self.model, self._to_device(self.streams[index].peek()))
             losses.append(self._mean_across_ranks(float(loss)))
         self.schedule.refresh((losses[0], losses[1]))
+        return {f"train/refresh_{self.components[i].name}_loss": losses[i] for i in (0, 1)}
+
+    def _drop_measured_batches(self, plan: Plan) -> None:
+        """After a refresh, consume the batches it measured for objectives the step did not train. Kept, an
+        untrained objective's peeked batch would be measured again at every later refresh, so one batch with a low
+        loss would hide that objective's gap for the whole run (the reference implementation draws a fresh batch
+        of both objectives every step)."""
+        for index, stream in self.streams.items():
+            if index not in plan:
+                stream.skip()
 
     def _check_finite(self, loss: torch.Tensor, step: int, name: str) -> None:
         if not torch.isfinite(loss.detach()).all():
@@ -201,9 +212,11 @@ class JointTrainer:
         step = start
         while step < settings.max_steps and self.stop_reason is None:
             began = time.perf_counter()
-            if self.schedule.wants_refresh(step):
-                self._refresh()
-            logged = self._train_step(step, self.schedule.plan(step))
+            refreshed = self._refresh() if self.schedule.wants_refresh(step) else {}
+            plan = self.schedule.plan(step)
+            logged = self._train_step(step, plan) | refreshed
+            if refreshed:
+                self._drop_measured_batches(plan)
             logged["train/step_seconds"] = time.perf_counter() - began  # MAXRIGHT's refresh included
             self.train_seconds += logged["train/step_seconds"]
             step += 1
