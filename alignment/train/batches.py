@@ -51,19 +51,19 @@ class CyclingBatches(Generic[Example]):
             self._peeked = self._next_indices()
         return self.collate([self.examples[i] for i in self._peeked])
 
-    def next(self) -> Batch:
-        """Consume and return the next batch."""
+    def _consume(self) -> list[int]:
         indices = self._peeked if self._peeked is not None else self._next_indices()
         self._peeked = None
         self.consumed += 1
-        return self.collate([self.examples[i] for i in indices])
+        return indices
+
+    def next(self) -> Batch:
+        """Consume and return the next batch."""
+        return self.collate([self.examples[i] for i in self._consume()])
 
     def skip(self) -> None:
         """Consume the next batch without building it."""
-        if self._peeked is None:
-            self._next_indices()
-        self._peeked = None
-        self.consumed += 1
+        self._consume()
 
     @property
     def epoch(self) -> int:
