@@ -24,9 +24,10 @@ def main() -> None:
     plans: list[list[int]] = []
     original_step, original_run = JointTrainer._train_step, JointTrainer.run
 
-    def recording_step(self, step, plan):
+    def recording_step(self, step):
+        plan, logged = original_step(self, step)
         plans.append(sorted(plan))
-        return original_step(self, step, plan)
+        return plan, logged
 
     def recording_run(self):
         result = original_run(self)
