@@ -120,12 +120,9 @@ def equal_gap_optima(model: Any, components: dict[int, Any], streams: dict[int, 
     preference optimum 0), so the benchmark run switches between them as a tuned run does."""
     import torch
 
-    positions = {index: stream.state_dict() for index, stream in streams.items()}
     with torch.no_grad():
-        sft, _ = components[0].loss(model, streams[0].next())
-        preference, _ = components[1].loss(model, streams[1].next())
-    for index, stream in streams.items():  # training starts from the batches just measured
-        stream.load_state_dict(positions[index])
+        sft, _ = components[0].loss(model, streams[0].peek())
+        preference, _ = components[1].loss(model, streams[1].peek())
     return float(sft) - float(preference), 0.0
 
 
@@ -199,21 +196,24 @@ def run_ours(config: dict[str, Any], model_dir: str, args: argparse.Namespace, w
     step_tokens: list[dict[str, int]] = []  # padded tokens each step trained on, per objective
 
     class TimedTrainer(JointTrainer):
-        def _train_step(self, step: int) -> tuple[Any, dict[str, float]]:
+        def _refresh(self) -> dict[str, float]:
+            began = time.perf_counter()
+            refreshed = super()._refresh()
+            times.append(-(time.perf_counter() - began))  # folded into the next step's time
+            return refreshed
+
+        def _train_step(self, step: int, plan: Any) -> dict[str, float]:
             began, first = time.perf_counter(), len(consumed)
-            plan, logged = super()._train_step(step)
-            times.append(time.perf_counter() - began)
+            logged = super()._train_step(step, plan)
+            pending = -times.pop() if times and times[-1] < 0 else 0.0
+            times.append(time.perf_counter() - began + pending)
             if not first_step_end:
                 first_step_end.append(time.perf_counter())
-            # a MAXRIGHT refresh also draws the untrained objective's batch: its forward is the schedule's
-            # overhead, so it is in the step's time but not in the tokens the step trained on
-            trained = {self.components[index].name for index in plan}
             tokens: dict[str, int] = {}
             for objective, count in consumed[first:]:
-                if objective in trained:
-                    tokens[objective] = tokens.get(objective, 0) + count
+                tokens[objective] = tokens.get(objective, 0) + count
             step_tokens.append(tokens)
-            return plan, logged
+            return logged
 
     trainer = TimedTrainer(accelerator, model, optimizer, scheduler, components, streams, schedule, dict,
                            settings, work / "checkpoints", None)

@@ -24,10 +24,9 @@ def main() -> None:
     plans: list[list[int]] = []
     original_step, original_run = JointTrainer._train_step, JointTrainer.run
 
-    def recording_step(self, step):
-        plan, logged = original_step(self, step)
+    def recording_step(self, step, plan):
         plans.append(sorted(plan))
-        return plan, logged
+        return original_step(self, step, plan)
 
     def recording_run(self):
         result = original_run(self)

@@ -58,7 +58,7 @@ def test_prefix_shared_stream_buckets_by_prompt_plus_both_responses():
     assert stream.next()["input_ids"].shape[0] == 4
 
 
-def test_resume_mid_epoch_is_exact():
+def test_resume_mid_epoch_is_exact_even_after_a_peek():
     data = pairs(50, seed=5)
     collate = WithIds(partial(collate_preference, pad_id=0))
     straight = CyclingBatches(data, 4, collate, seed=7, bucket_window=4)
@@ -66,6 +66,7 @@ def test_resume_mid_epoch_is_exact():
     first = CyclingBatches(data, 4, collate, seed=7, bucket_window=4)
     for _ in range(9):
         first.next()
+    first.peek()
     resumed = CyclingBatches(data, 4, collate, seed=7, bucket_window=4)
     resumed.load_state_dict(first.state_dict())
     assert [resumed.next()["ids"] for _ in range(11)] == expected[9:]

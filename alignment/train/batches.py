@@ -19,6 +19,7 @@ class CyclingBatches(Generic[Example]):
     ``bucket_window`` > 1 sorts by length inside windows of ``bucket_window * batch_size`` examples (less
     padding); 1 keeps a plain random order. With ``num_replicas`` > 1, rank ``rank`` gets every
     ``num_replicas``-th batch, so each rank sees different rows and all ranks take the same number of steps.
+    ``peek()`` returns the next batch without consuming it (MAXRIGHT's refresh looks before it trains).
     """
 
     def __init__(self, examples: Sequence[Example], batch_size: int, collate: Callable[[list[Example]], Batch],
@@ -34,29 +35,51 @@ class CyclingBatches(Generic[Example]):
             num_replicas=num_replicas, rank=rank,
         )
         self._iterator = iter(self.sampler)
+        self._peeked: list[int] | None = None
         self.consumed = 0
+
+    def _next_indices(self) -> list[int]:
+        try:
+            return next(self._iterator)
+        except StopIteration:  # epoch finished: the sampler has moved to the next epoch
+            self._iterator = iter(self.sampler)
+            return next(self._iterator)
+
+    def peek(self) -> Batch:
+        """The batch ``next()`` will return."""
+        if self._peeked is None:
+            self._peeked = self._next_indices()
+        return self.collate([self.examples[i] for i in self._peeked])
+
+    def _consume(self) -> list[int]:
+        indices = self._peeked if self._peeked is not None else self._next_indices()
+        self._peeked = None
+        self.consumed += 1
+        return indices
 
     def next(self) -> Batch:
         """Consume and return the next batch."""
-        try:
-            indices = next(self._iterator)
-        except StopIteration:  # epoch finished: the sampler has moved to the next epoch
-            self._iterator = iter(self.sampler)
-            indices = next(self._iterator)
-        self.consumed += 1
-        return self.collate([self.examples[i] for i in indices])
+        return self.collate([self.examples[i] for i in self._consume()])
+
+    def skip(self) -> None:
+        """Consume the next batch without building it."""
+        self._consume()
 
     @property
     def epoch(self) -> int:
         return self.sampler.epoch
 
     def state_dict(self) -> dict[str, Any]:
-        """Position of the next batch."""
-        return {"sampler": self.sampler.state_dict(), "consumed": self.consumed}
+        """Position of the next unconsumed batch (a peeked batch is not consumed)."""
+        state = self.sampler.state_dict()
+        if self._peeked is not None:  # the sampler already handed out the peeked batch of this epoch
+            state["position"] -= 1
+        return {"sampler": state, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self._iterator = iter(self.sampler)
+        self._peeked = None
         self.consumed = int(state["consumed"])
 
 

@@ -134,6 +134,26 @@ class JointTrainer:
         device = self.accelerator.device
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
+    @torch.no_grad()
+    def _refresh(self) -> dict[str, float]:
+        """MAXRIGHT: recompute both losses on the batches about to be used (no update), averaged over ranks;
+        returns them for the metrics log."""
+        losses = []
+        for index in (0, 1):
+            loss, _ = self.components[index].loss(self.model, self._to_device(self.streams[index].peek()))
+            losses.append(self._mean_across_ranks(float(loss)))
+        self.schedule.refresh((losses[0], losses[1]))
+        return {f"train/refresh_{self.components[i].name}_loss": losses[i] for i in (0, 1)}
+
+    def _drop_measured_batches(self, plan: Plan) -> None:
+        """After a refresh, consume the batches it measured for objectives the step did not train. Kept, an
+        untrained objective's peeked batch would be measured again at every later refresh, so one batch with a low
+        loss would hide that objective's gap for the whole run (the reference implementation draws a fresh batch
+        of both objectives every step)."""
+        for index, stream in self.streams.items():
+            if index not in plan:
+                stream.skip()
+
     def _check_finite(self, loss: torch.Tensor, step: int, name: str) -> None:
         if not torch.isfinite(loss.detach()).all():
             last = latest_checkpoint(self.checkpoint_dir)
@@ -142,46 +162,21 @@ class JointTrainer:
                 f"The last good checkpoint is {last or '(none yet)'}; lower stage.train.lr or check the data."
             )
 
-    def _forward(self, index: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Objective ``index``'s loss (graph kept) and logged values on its next batch."""
-        return self.components[index].loss(self.model, self._to_device(self.streams[index].next()))
-
-    def _plan_first_micro_batch(self, step: int) -> tuple[Plan, dict[int, tuple[torch.Tensor, dict[str, float]]],
-                                                              dict[str, float]]:
-        """The step's plan and its first micro-batch's outputs per planned objective, plus refreshed losses to log.
-
-        On a MAXRIGHT refresh both objectives are forwarded on their next batches (losses averaged over ranks)
-        before the schedule picks one; the chosen objective's graph is the step's first micro-batch, so its batch
-        is not forwarded a second time (the reference implementation forwards it twice), and the other's batch is
-        consumed and its graph dropped, so the next refresh measures a fresh batch of it."""
-        if not self.schedule.wants_refresh(step):
-            plan = self.schedule.plan(step)
-            return plan, {index: self._forward(index) for index in plan}, {}
-        measured = {index: self._forward(index) for index in (0, 1)}
-        losses = (self._mean_across_ranks(float(measured[0][0].detach())),
-                  self._mean_across_ranks(float(measured[1][0].detach())))
-        self.schedule.refresh(losses)
-        plan = self.schedule.plan(step)
-        refreshed = {f"train/refresh_{self.components[i].name}_loss": losses[i] for i in (0, 1)}
-        return plan, {index: measured[index] for index in plan}, refreshed
-
-    def _train_step(self, step: int) -> tuple[Plan, dict[str, float]]:
-        """``grad_accum`` micro-batches of the objectives the schedule plans, then one optimizer step."""
-        plan, outputs, logged = self._plan_first_micro_batch(step)
+    def _train_step(self, step: int, plan: Plan) -> dict[str, float]:
+        """``grad_accum`` micro-batches of the planned objectives, then one optimizer step."""
+        logged: dict[str, float] = {}
         objective_losses = dict.fromkeys(plan, 0.0)
-        for micro_batch in range(self.settings.grad_accum):
+        for _ in range(self.settings.grad_accum):
             with self.accelerator.accumulate(self.model):
-                if micro_batch > 0:
-                    outputs = {index: self._forward(index) for index in plan}
                 total: torch.Tensor | float = 0.0
                 for index, weight in plan.items():
-                    loss, values = outputs[index]
-                    self._check_finite(loss, step, self.components[index].name)
+                    component = self.components[index]
+                    loss, values = component.loss(self.model, self._to_device(self.streams[index].next()))
+                    self._check_finite(loss, step, component.name)
                     total = total + weight * loss
                     objective_losses[index] += float(loss.detach()) / self.settings.grad_accum
                     logged.update({f"train/{k}": v for k, v in values.items()})
                 self.accelerator.backward(total)
-                del outputs, total  # free the graphs before the next micro-batch is forwarded
                 if self.accelerator.sync_gradients and self.settings.max_grad_norm > 0:
                     norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
                     logged["train/grad_norm"] = float(norm) if norm is not None else math.nan
@@ -196,7 +191,7 @@ class JointTrainer:
             logged[f"train/{name}_objective_loss"] = reduced
         logged["train/objective"] = float(max(plan, key=lambda i: plan[i]))
         logged["train/lr"] = float(self.scheduler.get_last_lr()[0])
-        return plan, logged
+        return logged
 
     def _eval(self, step: int) -> dict[str, float]:
         values = {"step": float(step), **self.evaluate()}
@@ -217,7 +212,11 @@ class JointTrainer:
         step = start
         while step < settings.max_steps and self.stop_reason is None:
             began = time.perf_counter()
-            _, logged = self._train_step(step)
+            refreshed = self._refresh() if self.schedule.wants_refresh(step) else {}
+            plan = self.schedule.plan(step)
+            logged = self._train_step(step, plan) | refreshed
+            if refreshed:
+                self._drop_measured_batches(plan)
             logged["train/step_seconds"] = time.perf_counter() - began  # MAXRIGHT's refresh included
             self.train_seconds += logged["train/step_seconds"]
             step += 1
