@@ -106,7 +106,8 @@ def plot_win_rate_vs_time(rows: list[dict[str, Any]], path: Path) -> None:
     axes.axhline(0.5, color="grey", lw=0.8, ls="--")
     axes.set_xlabel("training time (min)")
     axes.set_ylabel("win rate vs SFT-only answers")
-    axes.legend(fontsize=7, ncol=2)
+    if axes.collections:  # a loss-only sweep (no --judge) has no win rates: an empty plot without a legend
+        axes.legend(fontsize=7, ncol=2)
     save_figure(figure, path)
 
 
