@@ -196,17 +196,19 @@ def run_ours(config: dict[str, Any], model_dir: str, args: argparse.Namespace, w
     step_tokens: list[dict[str, int]] = []  # padded tokens each step trained on, per objective
 
     class TimedTrainer(JointTrainer):
+        refresh_seconds = 0.0  # a MAXRIGHT refresh's time, counted in the step it precedes
+
         def _refresh(self) -> dict[str, float]:
             began = time.perf_counter()
             refreshed = super()._refresh()
-            times.append(-(time.perf_counter() - began))  # folded into the next step's time
+            self.refresh_seconds = time.perf_counter() - began
             return refreshed
 
         def _train_step(self, step: int, plan: Any) -> dict[str, float]:
             began, first = time.perf_counter(), len(consumed)
             logged = super()._train_step(step, plan)
-            pending = -times.pop() if times and times[-1] < 0 else 0.0
-            times.append(time.perf_counter() - began + pending)
+            times.append(time.perf_counter() - began + self.refresh_seconds)
+            self.refresh_seconds = 0.0
             if not first_step_end:
                 first_step_end.append(time.perf_counter())
             tokens: dict[str, int] = {}
