@@ -44,6 +44,8 @@ class ObjectiveSchedule(Protocol):
 
     def refresh(self, losses: tuple[float, float]) -> None: ...
 
+    def likely_choice(self) -> int: ...
+
     def observe(self, index: int, loss: float) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -59,6 +61,9 @@ class _Stateless:
 
     def refresh(self, losses: tuple[float, float]) -> None:
         return None
+
+    def likely_choice(self) -> int:
+        return 0
 
     def observe(self, index: int, loss: float) -> None:
         return None
@@ -149,7 +154,14 @@ class Maxright:
     def plan(self, step: int) -> Plan:
         if self.gaps is None:
             raise RuntimeError("MAXRIGHT needs refresh() with both losses before the first plan()")
-        return {0 if self.gaps[0] >= self.gaps[1] else 1: 1.0}
+        return {self.likely_choice(): 1.0}
+
+    def likely_choice(self) -> int:
+        """The objective the (stale) gaps pick now; objective 0 before any gap is known. A refresh forwards it
+        with gradients, so the update can reuse that forward when the refreshed gaps agree."""
+        if self.gaps is None:
+            return 0
+        return 0 if self.gaps[0] >= self.gaps[1] else 1
 
     def observe(self, index: int, loss: float) -> None:
         if self.gaps is not None:

@@ -196,19 +196,10 @@ def run_ours(config: dict[str, Any], model_dir: str, args: argparse.Namespace, w
     step_tokens: list[dict[str, int]] = []  # padded tokens each step trained on, per objective
 
     class TimedTrainer(JointTrainer):
-        refresh_seconds = 0.0  # a MAXRIGHT refresh's time, counted in the step it precedes
-
-        def _refresh(self) -> dict[str, float]:
-            began = time.perf_counter()
-            refreshed = super()._refresh()
-            self.refresh_seconds = time.perf_counter() - began
-            return refreshed
-
-        def _train_step(self, step: int, plan: Any) -> dict[str, float]:
+        def _train_step(self, step: int) -> dict[str, float]:  # a MAXRIGHT refresh runs inside the step
             began, first = time.perf_counter(), len(consumed)
-            logged = super()._train_step(step, plan)
-            times.append(time.perf_counter() - began + self.refresh_seconds)
-            self.refresh_seconds = 0.0
+            logged = super()._train_step(step)
+            times.append(time.perf_counter() - began)
             if not first_step_end:
                 first_step_end.append(time.perf_counter())
             tokens: dict[str, int] = {}

@@ -7,4 +7,5 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_T
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1} VLLM_ENABLE_V1_MULTIPROCESSING=0
 .venv/bin/ruff check alignment stages scripts tests
 .venv/bin/mypy alignment stages
-.venv/bin/python -m pytest -q "$@"
+# the slowest tests are printed so the default run can be kept within its 30-minute budget
+.venv/bin/python -m pytest -q --durations=20 "$@"

@@ -22,13 +22,17 @@ def main() -> None:
     out, overrides = Path(sys.argv[1]), sys.argv[2:]
     rank = int(os.environ["RANK"])
     plans: list[list[int]] = []
-    original_step, original_run = JointTrainer._train_step, JointTrainer.run
-
-    def recording_step(self, step, plan):
-        plans.append(sorted(plan))
-        return original_step(self, step, plan)
+    original_run = JointTrainer.run
 
     def recording_run(self):
+        schedule_plan = self.schedule.plan
+
+        def recorded_plan(step):  # the loop asks once per optimizer step
+            plan = schedule_plan(step)
+            plans.append(sorted(plan))
+            return plan
+
+        self.schedule.plan = recorded_plan
         result = original_run(self)
         weights = [p.detach().double() for p in self.accelerator.unwrap_model(self.model).parameters()]
         record = {"plans": plans, "checksum": float(sum(w.sum() for w in weights)),
@@ -36,7 +40,6 @@ def main() -> None:
         (out / f"rank{rank}.json").write_text(json.dumps(record))
         return result
 
-    JointTrainer._train_step = recording_step  # type: ignore[method-assign]
     JointTrainer.run = recording_run  # type: ignore[method-assign]
     torch.set_num_threads(1)
     run_stage(compose_run("stage=joint_train", *overrides))

@@ -70,10 +70,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(world_run_dir, monkeyp
     train(straight, *steps)
     original = JointTrainer._train_step
 
-    def crash_at_step_six(self, step, plan):
+    def crash_at_step_six(self, step):
         if step == 5:
             raise KeyboardInterrupt("simulated kill after the step-4 checkpoint")
-        return original(self, step, plan)
+        return original(self, step)
 
     monkeypatch.setattr(JointTrainer, "_train_step", crash_at_step_six)
     with pytest.raises(KeyboardInterrupt):

@@ -58,10 +58,10 @@ def test_training_killed_before_its_first_checkpoint_restarts_the_log(world_run_
     steps_4 = ("stage.train.max_steps=4", "stage.train.eval_every=2", "stage.train.save_every=4")
     original = JointTrainer._train_step
 
-    def killed_at_step_three(self: JointTrainer, step: int, plan: dict[int, float]) -> dict[str, float]:
+    def killed_at_step_three(self: JointTrainer, step: int) -> dict[str, float]:
         if step == 2:
             raise KeyboardInterrupt("simulated kill before the first checkpoint")
-        return original(self, step, plan)
+        return original(self, step)
 
     monkeypatch.setattr(JointTrainer, "_train_step", killed_at_step_three)
     with pytest.raises(KeyboardInterrupt):

@@ -134,16 +134,21 @@ class JointTrainer:
         device = self.accelerator.device
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    @torch.no_grad()
-    def _refresh(self) -> dict[str, float]:
-        """MAXRIGHT: recompute both losses on the batches about to be used (no update), averaged over ranks;
-        returns them for the metrics log."""
-        losses = []
-        for index in (0, 1):
-            loss, _ = self.components[index].loss(self.model, self._to_device(self.streams[index].peek()))
-            losses.append(self._mean_across_ranks(float(loss)))
+    def _refresh(self, logged: dict[str, float]) -> dict[int, tuple[torch.Tensor, dict[str, float]]]:
+        """MAXRIGHT: both losses on the batches about to be used, averaged over ranks, become the schedule's gaps
+        (and are logged). The objective the stale gaps pick is forwarded with gradients and the other without;
+        returned is that forward, which the update reuses if the refreshed gaps still pick it. So a refresh costs
+        one extra forward (two when the choice changes, as in the reference implementation, which measures both
+        without gradients and forwards the trained batch again) and never holds two graphs at once."""
+        likely = self.schedule.likely_choice()
+        measured = {}
+        for index in (likely, 1 - likely):
+            with torch.set_grad_enabled(index == likely):
+                measured[index] = self.components[index].loss(self.model, self._to_device(self.streams[index].peek()))
+        losses = [self._mean_across_ranks(float(measured[i][0].detach())) for i in (0, 1)]
         self.schedule.refresh((losses[0], losses[1]))
-        return {f"train/refresh_{self.components[i].name}_loss": losses[i] for i in (0, 1)}
+        logged.update({f"train/refresh_{self.components[i].name}_loss": losses[i] for i in (0, 1)})
+        return {likely: measured[likely]}
 
     def _drop_measured_batches(self, plan: Plan) -> None:
         """After a refresh, consume the batches it measured for objectives the step did not train. Kept, an
@@ -154,6 +159,14 @@ class JointTrainer:
             if index not in plan:
                 stream.skip()
 
+    def _micro_batch_loss(self, index: int, measured: dict[int, tuple[torch.Tensor, dict[str, float]]]
+                          ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Objective ``index``'s loss on its next batch: the refresh's forward of that batch when it kept one."""
+        batch = self.streams[index].next()  # the batch a refresh peeked, if there was one
+        if index in measured:
+            return measured.pop(index)
+        return self.components[index].loss(self.model, self._to_device(batch))
+
     def _check_finite(self, loss: torch.Tensor, step: int, name: str) -> None:
         if not torch.isfinite(loss.detach()).all():
             last = latest_checkpoint(self.checkpoint_dir)
@@ -162,16 +175,28 @@ class JointTrainer:
                 f"The last good checkpoint is {last or '(none yet)'}; lower stage.train.lr or check the data."
             )
 
-    def _train_step(self, step: int, plan: Plan) -> dict[str, float]:
-        """``grad_accum`` micro-batches of the planned objectives, then one optimizer step."""
+    def _train_step(self, step: int) -> dict[str, float]:
+        """``grad_accum`` micro-batches of the objectives the schedule plans, then one optimizer step. A MAXRIGHT
+        refresh runs inside the first micro-batch (its forwards belong to that micro-batch) and sets the plan."""
         logged: dict[str, float] = {}
-        objective_losses = dict.fromkeys(plan, 0.0)
-        for _ in range(self.settings.grad_accum):
+        plan: Plan = {}
+        objective_losses: dict[int, float] = {}
+        for micro in range(self.settings.grad_accum):
             with self.accelerator.accumulate(self.model):
+                measured = {}
+                if micro == 0:
+                    refresh = self.schedule.wants_refresh(step)
+                    measured = self._refresh(logged) if refresh else {}
+                    plan = self.schedule.plan(step)
+                    objective_losses = dict.fromkeys(plan, 0.0)
+                    if refresh:
+                        self._drop_measured_batches(plan)
+                        # a forward the refreshed gaps did not pick is freed before the chosen batch is forwarded
+                        measured = {i: m for i, m in measured.items() if i in plan}
                 total: torch.Tensor | float = 0.0
                 for index, weight in plan.items():
                     component = self.components[index]
-                    loss, values = component.loss(self.model, self._to_device(self.streams[index].next()))
+                    loss, values = self._micro_batch_loss(index, measured)
                     self._check_finite(loss, step, component.name)
                     total = total + weight * loss
                     objective_losses[index] += float(loss.detach()) / self.settings.grad_accum
@@ -212,11 +237,7 @@ class JointTrainer:
         step = start
         while step < settings.max_steps and self.stop_reason is None:
             began = time.perf_counter()
-            refreshed = self._refresh() if self.schedule.wants_refresh(step) else {}
-            plan = self.schedule.plan(step)
-            logged = self._train_step(step, plan) | refreshed
-            if refreshed:
-                self._drop_measured_batches(plan)
+            logged = self._train_step(step)
             logged["train/step_seconds"] = time.perf_counter() - began  # MAXRIGHT's refresh included
             self.train_seconds += logged["train/step_seconds"]
             step += 1
