@@ -50,7 +50,19 @@ def train(root: Path, name: str, common: list[str], *overrides: str) -> dict[str
         per_objective.setdefault(str(int(record["train/objective"])), []).append(record["train/step_seconds"])
     return {"metrics": metrics, "evals": [r for r in log if "eval/sft_loss" in r],
             "step_seconds": {k: statistics.mean(v) for k, v in per_objective.items()},
-            "objective_steps": {k: len(v) for k, v in per_objective.items()}}
+            "objective_steps": {k: len(v) for k, v in per_objective.items()},
+            "refresh_extra_seconds": refresh_extra_seconds(steps)}
+
+
+def refresh_extra_seconds(steps: list[dict[str, Any]]) -> list[float]:
+    """MAXRIGHT: how much longer each step with a refresh took than the run's median step without one, in step
+    order (the first step also holds the warm-up). Drift between runs barely touches this within-run measure."""
+    refreshed = [any(key.startswith("train/refresh_") for key in r) for r in steps]
+    plain = [r["train/step_seconds"] for r, has in zip(steps, refreshed, strict=True) if not has]
+    if not plain:
+        return []
+    median = statistics.median(plain)
+    return [r["train/step_seconds"] - median for r, has in zip(steps, refreshed, strict=True) if has]
 
 
 def normalised_distance(point: tuple[float, float], ideal: tuple[float, float], base: tuple[float, float]) -> float:
@@ -210,6 +222,9 @@ def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], res
     for lambd, ratio in ratios.items():
         lines.append(f"λ={lambd}: time per step over sequential's, per objective step: "
                      + ", ".join(f"{m} {v:.3f}×" for m, v in ratio.items()))
+        extra = results[f"maxright-{lambd}"].get("refresh_extra_seconds", [])
+        lines.append(f"λ={lambd}: MAXRIGHT's refresh steps took " + ", ".join(f"{e:+.1f}" for e in extra)
+                     + " s over its median step without a refresh")
     for method in METHODS:
         values = [r["dist_norm"] for r in rows if r["method"] == method]
         if values:
