@@ -38,9 +38,15 @@ def evals(run_dir: Path) -> list[dict]:
 
 
 def assert_same_training(a: Path, b: Path, tol: float = 0.0) -> None:
+    """Same eval history and weights: exactly, or within ``tol``. Within a tolerance, accuracies are left out: a
+    pair's margin is 0 up to rounding while the policy equals its reference (step 0), so a change far below
+    ``tol`` in the computation (other batch shapes, another CPU's kernels) flips it between right and wrong; the
+    margins and losses, which are continuous, are compared instead."""
     for left, right in zip(evals(a), evals(b), strict=True):
         assert left.keys() == right.keys()
         for key in left:
+            if tol > 0 and key.endswith("accuracy"):
+                continue
             assert left[key] == pytest.approx(right[key], abs=tol, rel=0), key
     weights_a, weights_b = trained_weights(a), trained_weights(b)
     assert weights_a.keys() == weights_b.keys()

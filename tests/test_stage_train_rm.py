@@ -153,10 +153,10 @@ def test_a_killed_lora_run_resumes_to_the_uninterrupted_result(world_run_dir: An
     train_rm(straight, *steps)
     original = JointTrainer._train_step
 
-    def crash_at_step_five(self: JointTrainer, step: int, plan: Any) -> Any:
+    def crash_at_step_five(self: JointTrainer, step: int) -> Any:
         if step == 4:
             raise KeyboardInterrupt("simulated kill after the step-3 checkpoint")
-        return original(self, step, plan)
+        return original(self, step)
 
     monkeypatch.setattr(JointTrainer, "_train_step", crash_at_step_five)
     with pytest.raises(KeyboardInterrupt):

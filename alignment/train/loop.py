@@ -171,7 +171,7 @@ class JointTrainer:
         if not torch.isfinite(loss.detach()).all():
             last = latest_checkpoint(self.checkpoint_dir)
             raise NonFiniteLossError(
-                f"non-finite {name} loss ({float(loss)}) at optimizer step {step + 1}; training stopped. "
+                f"non-finite {name} loss ({float(loss.detach())}) at optimizer step {step + 1}; training stopped. "
                 f"The last good checkpoint is {last or '(none yet)'}; lower stage.train.lr or check the data."
             )
 
