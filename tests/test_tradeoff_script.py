@@ -38,6 +38,10 @@ def test_cost_ratio_prices_each_method_s_own_objective_steps_at_sequential_s_rat
     }
     ratios = tradeoff.cost_ratios(results, 0.5)
     assert ratios == pytest.approx({"alright": 55 / 50, "maxright": 0.9, "mix": 2.0})
+    # a sweep run with --methods sequential maxright prices only what it ran; without sequential, nothing
+    subset = {k: v for k, v in results.items() if k.startswith(("sequential", "maxright"))}
+    assert tradeoff.cost_ratios(subset, 0.5) == pytest.approx({"maxright": 0.9})
+    assert tradeoff.cost_ratios({"maxright-0.5": results["maxright-0.5"]}, 0.5) == {}
 
 
 def test_refresh_extra_seconds_is_each_refresh_step_over_the_median_plain_step() -> None:
