@@ -230,7 +230,7 @@ def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], res
         lines.append(f"λ={lambd}: time per step over sequential's, per objective step: "
                      + ", ".join(f"{m} {v:.3f}×" for m, v in ratio.items()))
         if f"maxright-{lambd}" in results:
-            extra = results[f"maxright-{lambd}"].get("refresh_extra_seconds", [])
+            extra = results[f"maxright-{lambd}"]["refresh_extra_seconds"]
             lines.append(f"λ={lambd}: MAXRIGHT's refresh steps took " + ", ".join(f"{e:+.1f}" for e in extra)
                          + " s over its median step without a refresh")
     for method in METHODS:

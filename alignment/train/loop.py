@@ -20,6 +20,8 @@ from alignment.train.checkpoint import latest_checkpoint, load_checkpoint, save_
 from alignment.train.components import Component
 from alignment.train.metrics_log import MetricsLog
 
+Measured = dict[int, tuple[torch.Tensor, dict[str, float]]]  # objective -> (loss with its graph, logged values)
+
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN/inf; training stops and the last good checkpoint is kept."""
@@ -134,7 +136,7 @@ class JointTrainer:
         device = self.accelerator.device
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def _refresh(self, logged: dict[str, float]) -> dict[int, tuple[torch.Tensor, dict[str, float]]]:
+    def _refresh(self, logged: dict[str, float]) -> Measured:
         """MAXRIGHT: both losses on the batches about to be used, averaged over ranks, become the schedule's gaps
         (and are logged). The objective the stale gaps pick is forwarded with gradients and the other without;
         returned is that forward, which the update reuses if the refreshed gaps still pick it. So a refresh costs
@@ -159,7 +161,18 @@ class JointTrainer:
             if index not in plan:
                 stream.skip()
 
-    def _micro_batch_loss(self, index: int, measured: dict[int, tuple[torch.Tensor, dict[str, float]]]
+    def _plan(self, step: int, logged: dict[str, float]
+              ) -> tuple[Plan, Measured]:
+        """The step's plan and, after a MAXRIGHT refresh, the forward of the chosen batch it already made."""
+        if not self.schedule.wants_refresh(step):
+            return self.schedule.plan(step), {}
+        measured = self._refresh(logged)
+        plan = self.schedule.plan(step)
+        self._drop_measured_batches(plan)
+        # a forward the refreshed gaps did not pick is freed here, before the chosen batch is forwarded
+        return plan, {i: m for i, m in measured.items() if i in plan}
+
+    def _micro_batch_loss(self, index: int, measured: Measured
                           ) -> tuple[torch.Tensor, dict[str, float]]:
         """Objective ``index``'s loss on its next batch: the refresh's forward of that batch when it kept one."""
         batch = self.streams[index].next()  # the batch a refresh peeked, if there was one
@@ -183,16 +196,10 @@ class JointTrainer:
         objective_losses: dict[int, float] = {}
         for micro in range(self.settings.grad_accum):
             with self.accelerator.accumulate(self.model):
-                measured = {}
+                measured: Measured = {}
                 if micro == 0:
-                    refresh = self.schedule.wants_refresh(step)
-                    measured = self._refresh(logged) if refresh else {}
-                    plan = self.schedule.plan(step)
+                    plan, measured = self._plan(step, logged)
                     objective_losses = dict.fromkeys(plan, 0.0)
-                    if refresh:
-                        self._drop_measured_batches(plan)
-                        # a forward the refreshed gaps did not pick is freed before the chosen batch is forwarded
-                        measured = {i: m for i, m in measured.items() if i in plan}
                 total: torch.Tensor | float = 0.0
                 for index, weight in plan.items():
                     component = self.components[index]
