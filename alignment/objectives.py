@@ -133,7 +133,8 @@ class Maxright:
 
     Weights are (1−λ, λ). Gaps are stale: the trained objective's gap is refreshed with its (pre-update) loss
     every step through ``observe``; both are recomputed every ``refresh_every`` steps (and at step 0) through
-    ``refresh``. Ties go to objective 0, as in the reference implementation.
+    ``refresh``. Ties go to objective 0, as in the reference implementation. ``ages`` counts the steps since each
+    gap was last measured; it only guides which forward a refresh keeps (``likely_choice``), never the choice.
     """
 
     def __init__(self, lambd: float, optima: tuple[float, float], refresh_every: int):
@@ -141,6 +142,7 @@ class Maxright:
         self.optima = optima
         self.refresh_every = refresh_every
         self.gaps: list[float] | None = None
+        self.ages = [0, 0]
 
     def _gap(self, index: int, loss: float) -> float:
         return self.weights[index] * (loss - self.optima[index])
@@ -150,28 +152,38 @@ class Maxright:
 
     def refresh(self, losses: tuple[float, float]) -> None:
         self.gaps = [self._gap(0, losses[0]), self._gap(1, losses[1])]
+        self.ages = [0, 0]
 
     def plan(self, step: int) -> Plan:
         if self.gaps is None:
             raise RuntimeError("MAXRIGHT needs refresh() with both losses before the first plan()")
-        return {self.likely_choice(): 1.0}
+        return {0 if self.gaps[0] >= self.gaps[1] else 1: 1.0}
 
     def likely_choice(self) -> int:
-        """The objective the (stale) gaps pick now; objective 0 before any gap is known. A refresh forwards it
-        with gradients, so the update can reuse that forward when the refreshed gaps agree."""
-        if self.gaps is None:
+        """The objective a refresh about to run is likely to pick: the one whose gap is oldest (objective 0 before
+        any gap is known or when both are as old). A refresh forwards it with gradients, so the update can reuse
+        that forward when the refreshed gaps pick it.
+
+        Between refreshes an objective is trained while its gap, re-measured every step, stays the larger, so the
+        stale gaps pick the objective with the oldest gap only when they have just switched to it. A refresh also
+        switches to it when its loss rose while the other was trained, which is what conflicting objectives do;
+        so the objective measured least lately is the better guess, and a wrong guess costs one forward."""
+        if self.gaps is None or self.ages[0] == self.ages[1]:
             return 0
-        return 0 if self.gaps[0] >= self.gaps[1] else 1
+        return 0 if self.ages[0] > self.ages[1] else 1
 
     def observe(self, index: int, loss: float) -> None:
         if self.gaps is not None:
             self.gaps[index] = self._gap(index, loss)
+            self.ages[index] = 0
+            self.ages[1 - index] += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gaps": self.gaps}
+        return {"gaps": self.gaps, "ages": self.ages}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gaps = state["gaps"]
+        self.ages = list(state.get("ages", [0, 0]))  # checkpoints written before ages were kept
 
 
 def make_schedule(name: str, order: tuple[str, str], lambd: float, seed: int, switch_step: int, first: str,

@@ -1,6 +1,6 @@
 """MAXRIGHT's refresh in the real training loop: it measures a fresh batch of an objective it did not train (one
 batch with a low loss must not hide that objective's gap for the rest of the run), the update reuses the refresh's
-forward when the refreshed gaps pick the objective the stale ones did, and the weights it trains equal the
+forward when the refreshed gaps pick the objective whose gap was oldest, and the weights it trains equal the
 reference update rule run by hand."""
 
 from __future__ import annotations
@@ -92,10 +92,11 @@ def test_refresh_measures_a_new_batch_of_an_untrained_objective_and_reuses_an_un
     assert steps == {"sft": STEPS - 2, "preference": 2}
     # consumed: the dropped batch plus one per SFT step
     assert streams[0].consumed == 1 + steps["sft"]
-    # refreshes at steps 0, 2, 4: the first two change the choice (SFT -> preference, preference -> SFT), so the
-    # chosen batch is forwarded again (two extra forwards, as every refresh of the reference implementation costs);
-    # step 4's keeps SFT and its forward with gradients is the update's (one extra forward)
-    assert len(sft.seen) + len(preference.seen) == STEPS + 2 + 2 + 1
+    # refreshes at steps 0, 2, 4, each forwarding with gradients the objective whose gap is oldest: at step 0 no gap
+    # is known and SFT's forward is wasted (the refresh picks preference: two extra forwards, what every refresh of
+    # the reference implementation costs); at step 2 SFT's gap is the older one and the refresh picks it, so that
+    # forward is the update's (one extra); at step 4 preference's is the older one but SFT is kept (two extra)
+    assert len(sft.seen) + len(preference.seen) == STEPS + 2 + 1 + 2
 
 
 def reference_maxright(model: torch.nn.Module, losses: dict[int, FitLoss], streams: dict[int, CyclingBatches[Row]],

@@ -57,6 +57,20 @@ def test_maxright_picks_largest_weighted_gap_by_hand():
     assert restored.gaps == schedule.gaps
 
 
+def test_maxright_expects_a_refresh_to_pick_the_objective_measured_least_lately():
+    schedule = Maxright(lambd=0.5, optima=(0.0, 0.0), refresh_every=4)
+    assert schedule.likely_choice() == 0  # nothing measured yet
+    schedule.refresh((1.0, 3.0))
+    assert schedule.likely_choice() == 0  # both just measured
+    for _ in range(3):
+        schedule.observe(1, 2.9)  # objective 1 trained three times
+    assert schedule.ages == [3, 0] and schedule.likely_choice() == 0
+    assert schedule.plan(3) == {1: 1.0}  # the guess never changes the choice: gaps 0.5 vs 1.45
+    restored = Maxright(lambd=0.5, optima=(0.0, 0.0), refresh_every=4)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.ages == [3, 0] and restored.likely_choice() == 0
+
+
 def test_maxright_needs_losses_before_planning():
     with pytest.raises(RuntimeError, match="refresh"):
         Maxright(0.5, (0.0, 0.0), 5).plan(0)

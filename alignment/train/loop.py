@@ -138,10 +138,11 @@ class JointTrainer:
 
     def _refresh(self, logged: dict[str, float]) -> Measured:
         """MAXRIGHT: both losses on the batches about to be used, averaged over ranks, become the schedule's gaps
-        (and are logged). The objective the stale gaps pick is forwarded with gradients and the other without;
-        returned is that forward, which the update reuses if the refreshed gaps still pick it. So a refresh costs
-        one extra forward (two when the choice changes, as in the reference implementation, which measures both
-        without gradients and forwards the trained batch again) and never holds two graphs at once."""
+        (and are logged). The objective the schedule expects them to pick (``likely_choice``) is forwarded with
+        gradients and the other without; returned is that forward, which the update reuses if the refreshed gaps
+        pick it. So a refresh costs one extra forward (two when the guess is wrong; the reference implementation
+        always pays two: it measures both without gradients and forwards the trained batch again) and never holds
+        two graphs at once."""
         likely = self.schedule.likely_choice()
         measured = {}
         for index in (likely, 1 - likely):
