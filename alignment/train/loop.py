@@ -162,8 +162,7 @@ class JointTrainer:
             if index not in plan:
                 stream.skip()
 
-    def _plan(self, step: int, logged: dict[str, float]
-              ) -> tuple[Plan, Measured]:
+    def _plan(self, step: int, logged: dict[str, float]) -> tuple[Plan, Measured]:
         """The step's plan and, after a MAXRIGHT refresh, the forward of the chosen batch it already made."""
         if not self.schedule.wants_refresh(step):
             return self.schedule.plan(step), {}
@@ -173,8 +172,7 @@ class JointTrainer:
         # a forward the refreshed gaps did not pick is freed here, before the chosen batch is forwarded
         return plan, {i: m for i, m in measured.items() if i in plan}
 
-    def _micro_batch_loss(self, index: int, measured: Measured
-                          ) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_batch_loss(self, index: int, measured: Measured) -> tuple[torch.Tensor, dict[str, float]]:
         """Objective ``index``'s loss on its next batch: the refresh's forward of that batch when it kept one."""
         batch = self.streams[index].next()  # the batch a refresh peeked, if there was one
         if index in measured:
