@@ -51,18 +51,32 @@ def train(root: Path, name: str, common: list[str], *overrides: str) -> dict[str
     return {"metrics": metrics, "evals": [r for r in log if "eval/sft_loss" in r],
             "step_seconds": {k: statistics.mean(v) for k, v in per_objective.items()},
             "objective_steps": {k: len(v) for k, v in per_objective.items()},
-            "refresh_extra_seconds": refresh_extra_seconds(steps)}
+            "refresh_extra_seconds": refresh_extra_seconds(steps), "refresh_overhead": refresh_overhead(steps)}
+
+
+def is_refresh_step(record: dict[str, Any]) -> bool:
+    """Whether a logged training step ran a MAXRIGHT refresh (it logs the refreshed losses)."""
+    return any(key.startswith("train/refresh_") for key in record)
 
 
 def refresh_extra_seconds(steps: list[dict[str, Any]]) -> list[float]:
     """MAXRIGHT: how much longer each step with a refresh took than the run's median step without one, in step
     order (the first step also holds the warm-up). Drift between runs barely touches this within-run measure."""
-    refreshed = [any(key.startswith("train/refresh_") for key in r) for r in steps]
-    plain = [r["train/step_seconds"] for r, has in zip(steps, refreshed, strict=True) if not has]
+    plain = [r["train/step_seconds"] for r in steps if not is_refresh_step(r)]
     if not plain:
         return []
     median = statistics.median(plain)
-    return [r["train/step_seconds"] - median for r, has in zip(steps, refreshed, strict=True) if has]
+    return [r["train/step_seconds"] - median for r in steps if is_refresh_step(r)]
+
+
+def refresh_overhead(steps: list[dict[str, Any]]) -> float | None:
+    """MAXRIGHT: the refresh steps' extra seconds as a share of the run's time had every step taken its median
+    plain (refresh-free) step's time. Both come from one run, so neither run order nor machine drift moves it."""
+    extra = refresh_extra_seconds(steps)
+    if not extra:
+        return None
+    median = statistics.median(r["train/step_seconds"] for r in steps if not is_refresh_step(r))
+    return sum(extra) / (median * len(steps))
 
 
 def normalised_distance(point: tuple[float, float], ideal: tuple[float, float], base: tuple[float, float]) -> float:
@@ -233,6 +247,10 @@ def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], res
             extra = results[f"maxright-{lambd}"]["refresh_extra_seconds"]
             lines.append(f"λ={lambd}: MAXRIGHT's refresh steps took " + ", ".join(f"{e:+.1f}" for e in extra)
                          + " s over its median step without a refresh")
+            overhead = results[f"maxright-{lambd}"].get("refresh_overhead")
+            if overhead is not None:
+                lines.append(f"λ={lambd}: MAXRIGHT's refreshes add {overhead:+.1%} to {args.steps} of its median plain "
+                             f"steps, within the run ({1 + overhead:.3f}× sequential at equal plain steps)")
     for method in METHODS:
         values = [r["dist_norm"] for r in rows if r["method"] == method]
         if values:

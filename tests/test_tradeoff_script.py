@@ -52,3 +52,13 @@ def test_refresh_extra_seconds_is_each_refresh_step_over_the_median_plain_step()
     steps = [step(20.0, True), step(10.0, False), step(12.0, False), step(15.0, True), step(11.0, False)]
     assert tradeoff.refresh_extra_seconds(steps) == pytest.approx([9.0, 4.0])  # median of 10, 12, 11 is 11
     assert tradeoff.refresh_extra_seconds([step(20.0, True)]) == []  # nothing to compare with
+
+
+def test_refresh_overhead_is_the_extra_seconds_over_a_run_of_median_plain_steps() -> None:
+    def step(seconds: float, refreshed: bool) -> dict[str, float]:
+        record = {"train/step_seconds": seconds, "train/objective": 1.0}
+        return record | ({"train/refresh_sft_loss": 1.0} if refreshed else {})
+
+    steps = [step(20.0, True), step(10.0, False), step(12.0, False), step(15.0, True), step(11.0, False)]
+    assert tradeoff.refresh_overhead(steps) == pytest.approx((9.0 + 4.0) / (11.0 * 5))
+    assert tradeoff.refresh_overhead([step(10.0, False)]) is None  # no refresh: not MAXRIGHT
