@@ -59,23 +59,27 @@ def is_refresh_step(record: dict[str, Any]) -> bool:
     return any(key.startswith("train/refresh_") for key in record)
 
 
+def median_plain_seconds(steps: list[dict[str, Any]]) -> float | None:
+    """The run's median step time without a refresh; None when every step refreshed."""
+    plain = [r["train/step_seconds"] for r in steps if not is_refresh_step(r)]
+    return statistics.median(plain) if plain else None
+
+
 def refresh_extra_seconds(steps: list[dict[str, Any]]) -> list[float]:
     """MAXRIGHT: how much longer each step with a refresh took than the run's median step without one, in step
     order (the first step also holds the warm-up). Drift between runs barely touches this within-run measure."""
-    plain = [r["train/step_seconds"] for r in steps if not is_refresh_step(r)]
-    if not plain:
+    median = median_plain_seconds(steps)
+    if median is None:
         return []
-    median = statistics.median(plain)
     return [r["train/step_seconds"] - median for r in steps if is_refresh_step(r)]
 
 
 def refresh_overhead(steps: list[dict[str, Any]]) -> float | None:
     """MAXRIGHT: the refresh steps' extra seconds as a share of the run's time had every step taken its median
     plain (refresh-free) step's time. Both come from one run, so neither run order nor machine drift moves it."""
-    extra = refresh_extra_seconds(steps)
-    if not extra:
+    extra, median = refresh_extra_seconds(steps), median_plain_seconds(steps)
+    if not extra or median is None:
         return None
-    median = statistics.median(r["train/step_seconds"] for r in steps if not is_refresh_step(r))
     return sum(extra) / (median * len(steps))
 
 

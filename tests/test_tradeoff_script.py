@@ -44,21 +44,19 @@ def test_cost_ratio_prices_each_method_s_own_objective_steps_at_sequential_s_rat
     assert tradeoff.cost_ratios({"maxright-0.5": results["maxright-0.5"]}, 0.5) == {}
 
 
-def test_refresh_extra_seconds_is_each_refresh_step_over_the_median_plain_step() -> None:
-    def step(seconds: float, refreshed: bool) -> dict[str, float]:
-        record = {"train/step_seconds": seconds, "train/objective": 0.0}
-        return record | ({"train/refresh_sft_loss": 1.0, "train/refresh_preference_loss": 0.7} if refreshed else {})
+def step(seconds: float, refreshed: bool) -> dict[str, float]:
+    """One logged training step; a refresh step carries the refreshed losses."""
+    record = {"train/step_seconds": seconds, "train/objective": 0.0}
+    return record | ({"train/refresh_sft_loss": 1.0, "train/refresh_preference_loss": 0.7} if refreshed else {})
 
+
+def test_refresh_extra_seconds_is_each_refresh_step_over_the_median_plain_step() -> None:
     steps = [step(20.0, True), step(10.0, False), step(12.0, False), step(15.0, True), step(11.0, False)]
     assert tradeoff.refresh_extra_seconds(steps) == pytest.approx([9.0, 4.0])  # median of 10, 12, 11 is 11
     assert tradeoff.refresh_extra_seconds([step(20.0, True)]) == []  # nothing to compare with
 
 
 def test_refresh_overhead_is_the_extra_seconds_over_a_run_of_median_plain_steps() -> None:
-    def step(seconds: float, refreshed: bool) -> dict[str, float]:
-        record = {"train/step_seconds": seconds, "train/objective": 1.0}
-        return record | ({"train/refresh_sft_loss": 1.0} if refreshed else {})
-
     steps = [step(20.0, True), step(10.0, False), step(12.0, False), step(15.0, True), step(11.0, False)]
     assert tradeoff.refresh_overhead(steps) == pytest.approx((9.0 + 4.0) / (11.0 * 5))
     assert tradeoff.refresh_overhead([step(10.0, False)]) is None  # no refresh: not MAXRIGHT
