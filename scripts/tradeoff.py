@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from experiments import Judging, evaluate, fmt, say, table, win_rate_columns
+from experiments import Judging, evaluate, say, table, win_rate_columns
 
 from alignment.evaluation.plots import plot_loss_space, plt, save_figure
 from alignment.train.metrics_log import read_metrics
@@ -132,11 +132,25 @@ def cost_ratios(results: dict[str, dict[str, Any]], lambd: float) -> dict[str, f
     return ratios
 
 
+def win_rate_points(rows: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """(label, training minutes, win rate vs SFT-only answers) for every judged row. The SFT-only model sits at
+    0.5 by definition: its own judged rate is against the AlpacaEval references, another axis."""
+    points = []
+    for r in rows:
+        if r.get("win_rate") is None:
+            continue
+        if r["method"] == "only-sft":
+            points.append(("only-sft (the reference)", r["train_s"] / 60, 0.5))
+        else:
+            label = r["method"] if r["lambda"] is None else f"{r['method']} λ={r['lambda']:g}"
+            points.append((label, r["train_s"] / 60, r["win_rate"]))
+    return points
+
+
 def plot_win_rate_vs_time(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
-        if r.get("win_rate") is not None:
-            axes.scatter(r["train_s"] / 60, r["win_rate"], label=f"{r['method']} {fmt(r['lambda'])}")
+    for label, minutes, rate in win_rate_points(rows):
+        axes.scatter(minutes, rate, label=label)
     axes.axhline(0.5, color="grey", lw=0.8, ls="--")
     axes.set_xlabel("training time (min)")
     axes.set_ylabel("win rate vs SFT-only answers")

@@ -1,5 +1,6 @@
 """The trade-off script's measures, against hand-computed values: the normalised distance to the ideal point, the
-per-objective cost ratio over sequential, and MAXRIGHT's refresh-step overhead."""
+per-objective cost ratio over sequential, MAXRIGHT's refresh-step overhead, and the
+win-rate-vs-time points."""
 
 from __future__ import annotations
 
@@ -60,3 +61,12 @@ def test_refresh_overhead_is_the_extra_seconds_over_a_run_of_median_plain_steps(
     steps = [step(20.0, True), step(10.0, False), step(12.0, False), step(15.0, True), step(11.0, False)]
     assert tradeoff.refresh_overhead(steps) == pytest.approx((9.0 + 4.0) / (11.0 * 5))
     assert tradeoff.refresh_overhead([step(10.0, False)]) is None  # no refresh: not MAXRIGHT
+
+
+def test_win_rate_points_put_the_sft_only_reference_at_one_half_and_skip_unjudged_rows() -> None:
+    rows = [
+        {"method": "only-sft", "lambda": None, "train_s": 240.0, "win_rate": 0.3},  # vs AlpacaEval's references
+        {"method": "only-preference", "lambda": None, "train_s": 300.0},  # not judged
+        {"method": "alright", "lambda": 0.25, "train_s": 120.0, "win_rate": 0.55},
+    ]
+    assert tradeoff.win_rate_points(rows) == [("only-sft (the reference)", 4.0, 0.5), ("alright λ=0.25", 2.0, 0.55)]
