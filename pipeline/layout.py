@@ -42,6 +42,7 @@ class Files:
     PAIRS = "pairs.jsonl"
     RANKING_INFO = "ranking.json"  # in logs/
     SELECTION = "selection.jsonl"
+    SELECTION_PASS = "selection_pass{}.jsonl"  # filter with epochs > 1: {id, weight} after each pass
     FILTERED = "filtered.jsonl"
     WEIGHTS_PLOT = "weights.png"
     LOSS_SPACE_PLOT = "loss_space.png"

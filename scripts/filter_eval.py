@@ -22,6 +22,7 @@ and as many SFT steps interleaved in this process (the same batches size), and s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -63,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bench-steps", type=int, default=8, help="steps of each kind timed for the cost (0: skip)")
     parser.add_argument("--filter", action="append", default=[], help="override for stage=filter")
     parser.add_argument("--train", action="append", default=[], help="override for stage=joint_train")
+    parser.add_argument("--selection-only", action="store_true",
+                        help="stop after the selection's quality (and cost): no downstream SFT, no judging")
     return parser.parse_args()
 
 
@@ -158,6 +161,19 @@ def quality(selection: list[dict[str, Any]], labels: dict[str, str]) -> dict[str
     return {**found, **{f"auroc_{kind}": value for kind, value in by_kind.items()}}
 
 
+def pass_quality(base: Path, labels: dict[str, str], keep_fraction: float) -> list[dict[str, float]]:
+    """:func:`quality` of the weights after each pass of a multi-pass selector (empty after one pass)."""
+    folder, found = stage_dir(base, 0, FILTER), list[dict[str, float]]()
+    for done in itertools.count(1):
+        path = folder / Files.SELECTION_PASS.format(done)
+        if not path.is_file():
+            return found
+        rows = list(read_jsonl(path))
+        kept = keep_mask([row["weight"] for row in rows], "top_p", keep_fraction)
+        found.append(quality([{**row, "kept": bool(k)} for row, k in zip(rows, kept, strict=True)], labels))
+    return found
+
+
 def subset_rng(seed: int) -> random.Random:
     """The random subset's own stream: ``random.Random(seed)`` would replay the draws that chose the corrupted
     rows (``shuffle`` and ``sample`` consume the same ``randbelow`` sequence), so the "random" subset would be
@@ -227,8 +243,15 @@ def main_real(args: argparse.Namespace) -> None:
     say(f"pool of {len(labels)} rows, {sum(v != CLEAN for v in labels.values())} corrupted", "filter_eval")
     selection_metrics = run_stage(filter_run(base, args, str(pool)))["metrics"]
     selection = list(read_jsonl(stage_dir(base, 0, FILTER) / Files.SELECTION))
-    found = quality(selection, labels)
+    found, by_pass = quality(selection, labels), pass_quality(base, labels, args.keep_fraction)
     cost = bench(base, args, str(pool)) if args.bench_steps else None
+    if args.selection_only:
+        lines = selection_lines(args, filter_run(base, args, str(pool)).stage.epochs, len(labels), found, by_pass,
+                                None, selection_metrics, cost)
+        print("\n".join(lines), flush=True)
+        (base / "selection.md").write_text("\n".join(lines) + "\n")
+        plot_selection(base, selection, labels)
+        return
     kept = [row for row in read_rows(stage_dir(base, 0, FILTER) / Files.FILTERED, "sft").rows]
     random_file, oracle_file = base / "random_subset.jsonl", base / "oracle_clean.jsonl"
     pool_rows = read_rows(pool, "sft").rows
@@ -260,21 +283,38 @@ def main_real(args: argparse.Namespace) -> None:
     report = {"selection": {**found, "kept": selection_metrics["kept"], "scored": selection_metrics["scored"],
                             "filter_seconds": selection_metrics["filter_seconds"], "steps": selection_metrics["steps"]},
               "loss_baseline_selection": found_by_loss, "cost": cost, "downstream": rows}
-    lines = [f"pool: {len(labels)} Alpaca-cleaned rows, {args.noise:.0%} corrupted ({', '.join(NOISE_KINDS)}), "
-             f"golden: Alpaca-GPT4 train; selector: SmolLM2-135M LoRA, value-function term on, one pass; "
+    lines = [*selection_lines(args, filter_run(base, args, str(pool)).stage.epochs, len(labels), found, by_pass,
+                              found_by_loss, selection_metrics, cost), "", table(rows)]
+    print("\n".join(lines), flush=True)
+    (base / "filter_eval.md").write_text("\n".join(lines) + "\n")
+    (base / "filter_eval.json").write_text(json.dumps(report, indent=1, default=str))
+    plot_selection(base, selection, labels)
+
+
+def selection_lines(args: argparse.Namespace, passes: int, pool_rows: int, found: dict[str, float],
+                    by_pass: list[dict[str, float]], found_by_loss: dict[str, float] | None,
+                    selection_metrics: dict[str, Any], cost: dict[str, float] | None) -> list[str]:
+    """The report's header: the setup, the selection's quality against the noise labels (after each pass of a
+    multi-pass run too), and its cost."""
+    lines = [f"pool: {pool_rows} Alpaca-cleaned rows, {args.noise:.0%} "
+             f"corrupted ({', '.join(NOISE_KINDS)}), golden: Alpaca-GPT4 train; selector: SmolLM2-135M LoRA, "
+             f"value-function term on, {passes} pass{'es' if passes > 1 else ''}; "
              f"downstream: {args.train_steps} SFT steps, batch {args.batch_size}, seed {args.seed}", "",
-             "selection: " + "  ".join(f"{k}={v:.3f}" for k, v in found.items()),
-             "cheap baseline (golden-SFT loss): " + "  ".join(f"{k}={v:.3f}" for k, v in found_by_loss.items()),
-             f"kept {selection_metrics['kept']}/{selection_metrics['scored']}; filter pass "
-             f"{selection_metrics['filter_seconds']:.0f}s ({selection_metrics['steps']} steps)"]
+             "selection: " + "  ".join(f"{k}={v:.3f}" for k, v in found.items())]
+    lines += [f"  after pass {n}: " + "  ".join(f"{k}={v:.3f}" for k, v in q.items())
+              for n, q in enumerate(by_pass, start=1)]
+    if found_by_loss is not None:
+        lines.append("cheap baseline (golden-SFT loss): " + "  ".join(f"{k}={v:.3f}" for k, v in found_by_loss.items()))
+    lines.append(f"kept {selection_metrics['kept']}/{selection_metrics['scored']}; filter pass "
+                 f"{selection_metrics['filter_seconds']:.0f}s ({selection_metrics['steps']} steps)")
     if cost:
         lines.append(f"cost (same process, {args.bench_steps} steps of each, median of 2): filter step "
                      f"{cost['filter_step_s']:.2f}s / SFT step {cost['sft_step_s']:.2f}s = {cost['ratio']:.2f}x one "
                      f"SFT epoch over the pool (target <= 2.5x)")
-    lines += ["", table(rows)]
-    print("\n".join(lines), flush=True)
-    (base / "filter_eval.md").write_text("\n".join(lines) + "\n")
-    (base / "filter_eval.json").write_text(json.dumps(report, indent=1, default=str))
+    return lines
+
+
+def plot_selection(base: Path, selection: list[dict[str, Any]], labels: dict[str, str]) -> None:
     weight_of = {r["id"]: r["weight"] for r in selection}
     plot_weights_by_kind({kind: [weight_of[i] for i, lab in labels.items() if lab == kind and i in weight_of]
                           for kind in (CLEAN, *NOISE_KINDS)}, base / "weights_by_kind.png")

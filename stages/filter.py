@@ -24,7 +24,7 @@ from stages.builders.data import load_rows
 from stages.builders.paths import dataset_path, policy_input, reference_input
 from stages.config.run_config import RunConfig
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: selection_pass<p>.jsonl after each pass when epochs > 1
 DISTRIBUTED = False
 node_worker = None
 
@@ -143,6 +143,7 @@ def build_selection(run: RunConfig, stage_inputs: dict[str, str]) -> SelectionSe
 def run(run: RunConfig, ctx: StageContext) -> StageResult:
     import torch
 
+    from alignment.data.readers import write_jsonl
     from alignment.filtering.bilevel import train_selector
     from alignment.train.metrics_log import MetricsLog
 
@@ -150,18 +151,28 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
     if stage.num_threads:
         torch.set_num_threads(stage.num_threads)
     setup = build_selection(run, ctx.inputs)
+    passes = -(-setup.settings.steps // setup.settings.steps_per_epoch)
+    snapshots: list[str] = []
+
+    def snapshot(done: int) -> None:
+        """The weights after each pass of a multi-pass run, to see selection quality grow with passes."""
+        if passes > 1:
+            snapshots.append(Files.SELECTION_PASS.format(done))
+            write_jsonl(ctx.work_dir / snapshots[-1],
+                        [{"id": i, "weight": w} for i, w in setup.selector.weight_map().items()])
+
     with MetricsLog(ctx.logs_dir / Files.METRICS) as metrics_log:
         result = train_selector(setup.model, setup.proxy, setup.selector, setup.golden, setup.candidates,
                                 setup.loss_fn, setup.settings,
                                 on_log=lambda record: metrics_log.write(int(record["step"]), record),
-                                progress=stage.progress)
+                                progress=stage.progress, on_pass_end=snapshot)
     metrics = _write_selection(run, ctx.work_dir, setup.loaded["candidates"]["rows"], setup.selector.weight_map())
     metrics.update({"steps": result.steps, "steps_per_epoch": setup.settings.steps_per_epoch,
                     "filter_seconds": round(result.seconds, 3),
                     "seconds_per_step": round(result.seconds / max(result.steps, 1), 5),
                     "final_rho": result.history[-1]["rho"] if result.history else stage.rho,
                     "data": {slot: data["stats"] for slot, data in setup.loaded.items()}})
-    return StageResult(outputs=[Files.SELECTION, Files.FILTERED, Files.WEIGHTS_PLOT], metrics=metrics)
+    return StageResult(outputs=[Files.SELECTION, Files.FILTERED, Files.WEIGHTS_PLOT, *snapshots], metrics=metrics)
 
 
 def _write_selection(run: RunConfig, work_dir: Path, rows: list[Any], weight_of: dict[str, float]) -> dict[str, Any]:

@@ -59,6 +59,24 @@ def test_default_filter_separates_mismatched_rows_in_one_pass(world_run_dir) -> 
     assert metrics["kept"] == 140 and metrics["selection/precision"] >= 0.9
 
 
+def test_a_multi_pass_filter_snapshots_the_weights_after_each_pass(world_run_dir) -> None:
+    # 200 candidates in batches of 100: 2 steps per pass, 2 passes
+    run_dir = world_run_dir()
+    manifest = run_stage(compose_run("stage=filter", *SMALL_WORLD, f"run_dir={run_dir}", "stage.progress=false",
+                                     "stage.batch_size=100", "stage.golden_batch_size=4", "stage.epochs=2"))
+    work = stage_dir(run_dir, 0, "filter")
+    assert manifest["metrics"]["steps"] == 4 and manifest["metrics"]["steps_per_epoch"] == 2
+    assert {"selection_pass1.jsonl", "selection_pass2.jsonl"} <= set(manifest["outputs"])
+    final = {s["id"]: s["weight"] for s in read_jsonl(work / "selection.jsonl")}
+    after = [{s["id"]: s["weight"] for s in read_jsonl(work / f"selection_pass{p}.jsonl")} for p in (1, 2)]
+    assert after[1] == final  # the last pass's snapshot is the final selection
+    assert after[0].keys() == final.keys() and after[0] != final  # the second pass moved the weights
+    # one pass: no snapshot (the final selection is the only one)
+    one = world_run_dir("one_pass")
+    run_stage(compose_run("stage=filter", *SMALL_WORLD, *FAST, f"run_dir={one}"))
+    assert not list(stage_dir(one, 0, "filter").glob("selection_pass*"))
+
+
 def test_threshold_rule_without_value_function(world_run_dir) -> None:
     run_dir = world_run_dir()
     run_stage(compose_run("stage=filter", *SMALL_WORLD, *FAST, f"run_dir={run_dir}", "stage.keep_rule=threshold",

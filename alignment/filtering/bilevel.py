@@ -93,12 +93,14 @@ class BilevelResult:
 def train_selector(model: Any, proxy: Any | None, selector: Selector, golden: BatchStream,
                    candidates: BatchStream, loss_fn: LossFn, settings: BilevelSettings,
                    on_log: Callable[[dict[str, float]], None] | None = None,
-                   progress: bool = False) -> BilevelResult:
+                   progress: bool = False,
+                   on_pass_end: Callable[[int], None] | None = None) -> BilevelResult:
     """Run ``settings.steps`` penalty steps; ``selector`` holds the learned logits afterwards.
 
     ``proxy`` (a copy of the initial model) is required when ``settings.value_function`` is on and ignored
     otherwise. Models and selector must be on the same device; batches are moved there. ``progress``: a bar
-    over the steps (ρ and the latest losses as its postfix).
+    over the steps (ρ and the latest losses as its postfix). ``on_pass_end(p)`` runs after each complete pass
+    ``p`` (1-based) over the candidates, e.g. to snapshot the weights.
     """
     if settings.value_function and proxy is None:
         raise ValueError("the value-function term needs a proxy model θ'")
@@ -135,6 +137,8 @@ def train_selector(model: Any, proxy: Any | None, selector: Selector, golden: Ba
                 result.history.append(record)
                 if on_log is not None:
                     on_log(record)
+            if on_pass_end is not None and (step + 1) % settings.steps_per_epoch == 0:
+                on_pass_end((step + 1) // settings.steps_per_epoch)
     result.seconds = time.perf_counter() - start
     return result
 
