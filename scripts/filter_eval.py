@@ -15,6 +15,9 @@ all-rows model's, with CIs and lengths::
 
     python scripts/filter_eval.py --model smollm2 --run-dir runs/filter_real --judge DIR
 
+With ``--filter stage.epochs=N`` the selector makes N passes and the report gives its quality after each;
+``--selection-only`` stops after the selection (and the cost line), before any downstream training.
+
 Each step is an artifact: re-running skips what is complete. The cost line times ``--bench-steps`` filter steps
 and as many SFT steps interleaved in this process (the same batches size), and scales both to one pass.
 """
