@@ -308,7 +308,7 @@ def selection_lines(args: argparse.Namespace, passes: int, pool_rows: int, found
               for n, q in enumerate(by_pass, start=1)]
     if found_by_loss is not None:
         lines.append("cheap baseline (golden-SFT loss): " + "  ".join(f"{k}={v:.3f}" for k, v in found_by_loss.items()))
-    lines.append(f"kept {selection_metrics['kept']}/{selection_metrics['scored']}; filter pass "
+    lines.append(f"kept {selection_metrics['kept']}/{selection_metrics['scored']}; selection took "
                  f"{selection_metrics['filter_seconds']:.0f}s ({selection_metrics['steps']} steps)")
     if cost:
         lines.append(f"cost (same process, {args.bench_steps} steps of each, median of 2): filter step "
