@@ -249,8 +249,7 @@ def main_real(args: argparse.Namespace) -> None:
     found, by_pass = quality(selection, labels), pass_quality(base, labels, args.keep_fraction)
     cost = bench(base, args, str(pool)) if args.bench_steps else None
     if args.selection_only:
-        lines = selection_lines(args, filter_run(base, args, str(pool)).stage.epochs, len(labels), found, by_pass,
-                                None, selection_metrics, cost)
+        lines = selection_lines(args, len(labels), found, by_pass, None, selection_metrics, cost)
         print("\n".join(lines), flush=True)
         (base / "selection.md").write_text("\n".join(lines) + "\n")
         plot_selection(base, selection, labels)
@@ -286,19 +285,20 @@ def main_real(args: argparse.Namespace) -> None:
     report = {"selection": {**found, "kept": selection_metrics["kept"], "scored": selection_metrics["scored"],
                             "filter_seconds": selection_metrics["filter_seconds"], "steps": selection_metrics["steps"]},
               "loss_baseline_selection": found_by_loss, "cost": cost, "downstream": rows}
-    lines = [*selection_lines(args, filter_run(base, args, str(pool)).stage.epochs, len(labels), found, by_pass,
-                              found_by_loss, selection_metrics, cost), "", table(rows)]
+    lines = [*selection_lines(args, len(labels), found, by_pass, found_by_loss, selection_metrics, cost), "",
+             table(rows)]
     print("\n".join(lines), flush=True)
     (base / "filter_eval.md").write_text("\n".join(lines) + "\n")
     (base / "filter_eval.json").write_text(json.dumps(report, indent=1, default=str))
     plot_selection(base, selection, labels)
 
 
-def selection_lines(args: argparse.Namespace, passes: int, pool_rows: int, found: dict[str, float],
+def selection_lines(args: argparse.Namespace, pool_rows: int, found: dict[str, float],
                     by_pass: list[dict[str, float]], found_by_loss: dict[str, float] | None,
                     selection_metrics: dict[str, Any], cost: dict[str, float] | None) -> list[str]:
     """The report's header: the setup, the selection's quality against the noise labels (after each pass of a
     multi-pass run too), and its cost."""
+    passes = -(-selection_metrics["steps"] // selection_metrics["steps_per_epoch"])  # what ran, max_steps included
     lines = [f"pool: {pool_rows} Alpaca-cleaned rows, {args.noise:.0%} "
              f"corrupted ({', '.join(NOISE_KINDS)}), golden: Alpaca-GPT4 train; selector: SmolLM2-135M LoRA, "
              f"value-function term on, {passes} pass{'es' if passes > 1 else ''}; "
