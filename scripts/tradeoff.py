@@ -132,30 +132,58 @@ def cost_ratios(results: dict[str, dict[str, Any]], lambd: float) -> dict[str, f
     return ratios
 
 
-def win_rate_points(rows: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
-    """(label, training minutes, win rate vs SFT-only answers) for every judged row. The SFT-only model sits at
-    0.5 by definition: its own judged rate is against the AlpacaEval references, another axis."""
+# One colour per method and one marker per λ (or α), so a plot of 20 points reads as methods × λ.
+METHOD_COLOURS = {"only-sft": "black", "only-preference": "dimgrey", "sequential": "tab:blue", "reverse": "tab:cyan",
+                  "mix": "tab:purple", "alright": "tab:red", "maxright": "tab:orange", "interpolate": "tab:green"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def point_label(method: str, lambd: float | None) -> str:
+    """``alright λ=0.25``; interpolation is by α; single objectives have no λ."""
+    return method if lambd is None else f"{method} {'α' if method == 'interpolate' else 'λ'}={lambd:g}"
+
+
+def point_styles(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Plot style of every row's label: the method's colour and the marker of its λ's rank among the sweep's."""
+    weights = sorted({r["lambda"] for r in rows if r["lambda"] is not None})
+    styles = {}
+    for r in rows:
+        marker = "o" if r["lambda"] is None else MARKERS[weights.index(r["lambda"]) % len(MARKERS)]
+        styles[point_label(r["method"], r["lambda"])] = {"color": METHOD_COLOURS.get(r["method"], "tab:brown"),
+                                                         "marker": marker}
+    return styles
+
+
+def win_rate_points(rows: list[dict[str, Any]]) -> list[tuple[str, float, float, float, float]]:
+    """(label, training minutes, win rate vs SFT-only answers, CI low, CI high) for every judged row. The SFT-only
+    model sits at 0.5 by definition: its own judged rate is against the AlpacaEval references, another axis."""
     points = []
     for r in rows:
         if r.get("win_rate") is None:
             continue
+        label = point_label(r["method"], r["lambda"])
         if r["method"] == "only-sft":
-            points.append(("only-sft (the reference)", r["train_s"] / 60, 0.5))
+            points.append((label, r["train_s"] / 60, 0.5, 0.5, 0.5))
         else:
-            label = r["method"] if r["lambda"] is None else f"{r['method']} λ={r['lambda']:g}"
-            points.append((label, r["train_s"] / 60, r["win_rate"]))
+            points.append((label, r["train_s"] / 60, r["win_rate"], r["win_low"], r["win_high"]))
     return points
 
 
 def plot_win_rate_vs_time(rows: list[dict[str, Any]], path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    for label, minutes, rate in win_rate_points(rows):
-        axes.scatter(minutes, rate, label=label)
+    """Win rate against SFT-only answers (95% CI as a bar) over training minutes, one point per judged model."""
+    figure, axes = plt.subplots(figsize=(9.0, 4.8))
+    styles = point_styles(rows)
+    for label, minutes, rate, low, high in win_rate_points(rows):
+        style = styles[label]
+        axes.errorbar(minutes, rate, yerr=[[rate - low], [high - rate]], fmt=style["marker"], color=style["color"],
+                      ecolor=style["color"], elinewidth=0.8, alpha=0.85, capsize=2, mec="black", ms=7,
+                      label="only-sft (the reference: 0.5 by definition)" if label == "only-sft" else label)
     axes.axhline(0.5, color="grey", lw=0.8, ls="--")
     axes.set_xlabel("training time (min)")
-    axes.set_ylabel("win rate vs SFT-only answers")
-    if axes.collections:  # a loss-only sweep (no --judge) has no win rates: an empty plot without a legend
-        axes.legend(fontsize=7, ncol=2)
+    axes.set_ylabel("win rate vs SFT-only answers (95% CI)")
+    axes.grid(alpha=0.3)
+    if axes.containers:  # a loss-only sweep (no --judge) has no win rates: an empty plot without a legend
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save_figure(figure, path)
 
 
@@ -236,9 +264,9 @@ def main() -> None:
                                       args.references)
         sft_answers = judged["only-sft"]["answers"]
     for name, path in points.items():
-        losses = ["sft_loss", "preference"] if name.startswith("interpolate") else []
-        if name != "only-sft" and scored + losses:
-            judged[name] = evaluate(root / f"eval-{name}", path, shared, scored + losses, judging, sft_answers)
+        loss_suites = ["sft_loss", "preference"] if name.startswith("interpolate") else []
+        if name != "only-sft" and scored + loss_suites:
+            judged[name] = evaluate(root / f"eval-{name}", path, shared, scored + loss_suites, judging, sft_answers)
     rows = []
     for name in points:
         trained = results.get(name)
@@ -250,6 +278,17 @@ def main() -> None:
         rows.append(row(label, None if name.startswith("only") else float(lambd), losses, ideal, base, trained,
                         judged.get(name)))
     report(root, args, rows, results, ideal, base)
+
+
+def loss_space_points(rows: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """Each trained run's held-out evaluations along training; an interpolated model is its one point."""
+    points = {}
+    for r in rows:
+        name = r["method"] if r["lambda"] is None else f"{r['method']}-{r['lambda']}"
+        trained = results.get(name)
+        points[point_label(r["method"], r["lambda"])] = trained["evals"] if trained else [
+            {"eval/sft_loss": r["sft_loss"], "eval/pref_loss": r["pref_loss"]}]
+    return points
 
 
 def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], results: dict[str, Any],
@@ -277,9 +316,7 @@ def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], res
     (root / "tradeoff.md").write_text("\n".join(lines) + "\n")
     (root / "tradeoff.json").write_text(json.dumps({"ideal": ideal, "base": base, "rows": rows,
                                                     "cost_ratios": ratios}, indent=1))
-    trajectories = {f"{n.rpartition('-')[0]} λ={n.rpartition('-')[2]}" if not n.startswith("only") else n: r["evals"]
-                    for n, r in results.items()}
-    plot_loss_space(trajectories, root / "tradeoff.png", ideal=ideal,
+    plot_loss_space(loss_space_points(rows, results), root / "tradeoff.png", ideal=ideal, styles=point_styles(rows),
                     title=f"{args.data}, {args.model}, {args.steps} steps per method")
     plot_win_rate_vs_time(rows, root / "winrate_time.png")
 

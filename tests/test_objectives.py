@@ -106,6 +106,7 @@ def test_objectives_are_keyed_by_name_whatever_their_order():
     for listed in (["sft", "preference"], ["preference", "sft"]):
         order = objective_order(listed)
         maxright = make_schedule("maxright", order, 0.25, 0, 5, listed[0], optima, 3)
+        assert isinstance(maxright, Maxright)
         maxright.refresh((2.0, 0.9))  # losses in `order`: sft 2.0, preference 0.9
         assert maxright.gaps == pytest.approx([0.75 * 1.0, 0.25 * 0.8])  # (1-λ)(f_sft - f*_sft), λ(f_pref - f*_pref)
         picks = [make_schedule("alright", order, 0.3, 5, 5, listed[0], {}, 3) for _ in range(1)][0]

@@ -64,9 +64,45 @@ def test_refresh_overhead_is_the_extra_seconds_over_a_run_of_median_plain_steps(
 
 
 def test_win_rate_points_put_the_sft_only_reference_at_one_half_and_skip_unjudged_rows() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"method": "only-sft", "lambda": None, "train_s": 240.0, "win_rate": 0.3},  # vs AlpacaEval's references
         {"method": "only-preference", "lambda": None, "train_s": 300.0},  # not judged
-        {"method": "alright", "lambda": 0.25, "train_s": 120.0, "win_rate": 0.55},
+        {"method": "alright", "lambda": 0.25, "train_s": 120.0, "win_rate": 0.55, "win_low": 0.45, "win_high": 0.65},
     ]
-    assert tradeoff.win_rate_points(rows) == [("only-sft (the reference)", 4.0, 0.5), ("alright λ=0.25", 2.0, 0.55)]
+    assert tradeoff.win_rate_points(rows) == [("only-sft", 4.0, 0.5, 0.5, 0.5), ("alright λ=0.25", 2.0, 0.55, 0.45, 0.65)]
+
+
+def test_point_styles_give_one_colour_per_method_and_one_marker_per_weight() -> None:
+    rows: list[dict[str, Any]] = [{"method": m, "lambda": w} for m in ("alright", "mix") for w in (0.75, 0.25)]
+    rows += [{"method": "only-sft", "lambda": None}, {"method": "interpolate", "lambda": 0.5}]
+    styles = tradeoff.point_styles(rows)
+    assert styles["alright λ=0.25"]["color"] == styles["alright λ=0.75"]["color"] != styles["mix λ=0.25"]["color"]
+    assert styles["alright λ=0.25"]["marker"] == styles["mix λ=0.25"]["marker"] != styles["mix λ=0.75"]["marker"]
+    assert styles["interpolate α=0.5"]["marker"] not in {styles["mix λ=0.25"]["marker"], styles["mix λ=0.75"]["marker"]}
+    assert set(styles) == {"alright λ=0.25", "alright λ=0.75", "mix λ=0.25", "mix λ=0.75", "only-sft",
+                           "interpolate α=0.5"}
+
+
+def test_loss_space_points_are_training_trajectories_and_single_interpolated_points() -> None:
+    evals = [{"eval/sft_loss": 2.0, "eval/pref_loss": 0.7}, {"eval/sft_loss": 1.8, "eval/pref_loss": 0.6}]
+    rows = [{"method": "alright", "lambda": 0.5, "sft_loss": 1.8, "pref_loss": 0.6},
+            {"method": "interpolate", "lambda": 0.25, "sft_loss": 1.9, "pref_loss": 0.65}]
+    points = tradeoff.loss_space_points(rows, {"alright-0.5": {"evals": evals}})
+    assert points == {"alright λ=0.5": evals, "interpolate α=0.25": [{"eval/sft_loss": 1.9, "eval/pref_loss": 0.65}]}
+
+
+def test_the_report_plots_draw_every_point_of_a_sweep(tmp_path: Path) -> None:
+    rows: list[dict[str, Any]] = [
+        {"method": "only-sft", "lambda": None, "train_s": 60.0, "win_rate": 0.3, "sft_loss": 1.6, "pref_loss": 0.7},
+        {"method": "alright", "lambda": 0.5, "train_s": 30.0, "win_rate": 0.55, "win_low": 0.45, "win_high": 0.65,
+         "sft_loss": 1.7, "pref_loss": 0.68},
+        {"method": "interpolate", "lambda": 0.5, "train_s": 0.0, "win_rate": 0.5, "win_low": 0.4, "win_high": 0.6,
+         "sft_loss": 1.65, "pref_loss": 0.69},
+    ]
+    evals = [{"eval/sft_loss": 1.8, "eval/pref_loss": 0.7}, {"eval/sft_loss": 1.7, "eval/pref_loss": 0.68}]
+    results = {"only-sft": {"evals": evals[:1]}, "alright-0.5": {"evals": evals}}
+    points = tradeoff.loss_space_points(rows, results)
+    assert list(points) == ["only-sft", "alright λ=0.5", "interpolate α=0.5"]
+    tradeoff.plot_loss_space(points, tmp_path / "loss.png", ideal=(1.6, 0.6), styles=tradeoff.point_styles(rows))
+    tradeoff.plot_win_rate_vs_time(rows, tmp_path / "win.png")
+    assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "win.png").stat().st_size > 1000

@@ -22,20 +22,25 @@ def save_figure(figure: Any, path: str | Path) -> Path:
 
 
 def plot_loss_space(trajectories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path,
-                    ideal: tuple[float | None, float | None] = (None, None), title: str = "") -> Path:
+                    ideal: tuple[float | None, float | None] = (None, None), title: str = "",
+                    styles: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Held-out SFT loss (x) vs preference loss (y) along training, one line per method; the ideal point
     (f*_SFT, f*_pref) as a star when known. Each trajectory is a list of eval records with ``eval/sft_loss``
-    and ``eval/pref_loss``; the last point is marked."""
-    figure, axes = plt.subplots(figsize=(6.5, 5))
+    and ``eval/pref_loss``; the last point is marked. ``styles`` gives a label's matplotlib line keywords
+    (e.g. one colour per method and one marker per λ); unstyled labels take the palette in order."""
+    many = len(trajectories) > 8  # a long legend goes beside the axes, where it hides no point
+    figure, axes = plt.subplots(figsize=(9.0 if many else 6.5, 5))
     palette = plt.get_cmap("tab20" if len(trajectories) > 10 else "tab10")
     for index, (label, records) in enumerate(trajectories.items()):
         points = [(r["eval/sft_loss"], r["eval/pref_loss"]) for r in records
                   if "eval/sft_loss" in r and "eval/pref_loss" in r]
         if not points:
             continue
+        style = {"color": palette(index % palette.N), "marker": "o", **(styles or {}).get(label, {})}
         xs, ys = zip(*points, strict=True)
-        (line,) = axes.plot(xs, ys, marker=".", alpha=0.8, label=label, color=palette(index % palette.N))
-        axes.scatter([xs[-1]], [ys[-1]], color=line.get_color(), s=60, edgecolor="black", zorder=3)
+        axes.plot(xs, ys, alpha=0.6, color=style["color"], marker=".", ms=3, ls=style.get("ls", "-"))
+        axes.plot(xs[-1:], ys[-1:], ls="none", label=label, color=style["color"], marker=style["marker"], ms=8,
+                  mec="black", zorder=3)  # the final point, whose marker (e.g. λ) the legend shows
     if ideal[0] is not None and ideal[1] is not None:
         axes.scatter([ideal[0]], [ideal[1]], marker="*", s=200, color="gold", edgecolor="black", zorder=4,
                      label="ideal (f*_SFT, f*_pref)")
@@ -43,7 +48,10 @@ def plot_loss_space(trajectories: Mapping[str, Sequence[Mapping[str, float]]], p
     axes.set_ylabel("held-out preference loss")
     axes.set_title(title or "loss space (lower-left is better)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
+    if many:
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        axes.legend(fontsize=7)
     return save_figure(figure, path)
 
 
