@@ -10,14 +10,16 @@ config of every round is validated before anything runs. At the end it writes th
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from pipeline.layout import Files
 from pipeline.summary import write_summary as write_rounds_summary
 from stages.builders.paths import layout
+from stages.config.errors import ConfigError
 from stages.config.recipe_settings import stage_config
 from stages.config.run_config import RunConfig
-from stages.config.validate import validate_or_raise
+from stages.config.validate import validate_or_raise, validate_run
 from stages.runner import run_stage
 
 
@@ -34,16 +36,28 @@ def planned_runs(run: RunConfig) -> list[RunConfig]:
     return [stage_run(run, stage, k) for k in range(run.rounds) for stage in run.recipe.stages]
 
 
+def plan_problems(plans: list[RunConfig]) -> list[str]:
+    """Every problem of every planned stage, each naming its stage and the rounds it appears in."""
+    rounds_of: dict[tuple[str, str], list[int]] = {}
+    for plan in plans:
+        for problem in validate_run(plan):
+            rounds_of.setdefault((plan.stage.name, problem), []).append(plan.round)
+    # A stage's own keys are set through the recipe here: name them as the user writes them.
+    return [f"round {', '.join(map(str, rounds))}: " + re.sub(r"\bstage\.(?=\w)", f"recipe.stage_settings.{stage}.", problem)
+            for (stage, problem), rounds in rounds_of.items()]
+
+
 def run_rounds(run: RunConfig) -> dict[str, Any]:
     """Run (or skip, or resume) every planned stage, then summarise; returns the summary."""
     validate_or_raise(run)
+    plans = planned_runs(run)
+    problems = plan_problems(plans)  # every problem of every round before any model loads, also for run.sh
+    if problems:
+        raise ConfigError(problems)
     if run.stage.list_stages:  # read by recipes/iterative/run.sh
         print(f"rounds {run.rounds}\nrun_dir {run.run_dir}")
         print("\n".join(f"stage {name}" for name in run.recipe.stages))
         return {"stages": list(run.recipe.stages), "rounds": run.rounds, "run_dir": run.run_dir}
-    plans = planned_runs(run)
-    for plan in plans:  # every problem of every round before any model loads
-        validate_or_raise(plan)
     for plan in plans:
         print(f"[iterate] round {plan.round}: stage {plan.stage.name}")
         run_stage(plan)

@@ -66,7 +66,7 @@ def test_a_recipe_setting_is_checked_before_any_stage_runs(tmp_path: Path, monke
     monkeypatch.setattr(iterate, "run_stage", lambda plan: ran.append(plan.stage.name))
     run = compose_run("stage=iterate", "recipe=toy", f"run_dir={tmp_path}",
                       "++recipe.stage_settings.joint_train.train.keep_checkpoints=-1")
-    with pytest.raises(ConfigError, match="stage.train.keep_checkpoints must be >= 1"):
+    with pytest.raises(ConfigError, match=r"round 0, 1, 2: recipe\.stage_settings\.joint_train\.train\.keep_checkpoints must be >= 1"):
         iterate.run_rounds(run)
     assert ran == []
 

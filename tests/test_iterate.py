@@ -265,3 +265,14 @@ def test_run_sh_stops_on_a_bad_argument_or_an_invalid_plan(fake: dict[str, str])
     result = run_script("--recipe", "toy", FAIL_PLAN="1", **env)
     assert result.returncode == 2 and "error: invalid configuration" in result.stderr
     assert calls(fake) == ["alignment_run stage=iterate stage.list_stages=true recipe=toy"]  # nothing else ran
+
+
+def test_run_sh_rejects_a_plan_with_a_missing_reward_model_before_any_stage_runs(tmp_path: Path) -> None:
+    """The smol recipe needs its ranker and judge: the plan step names both keys, as a user sets them, for every
+    round, before round 0's first stage spends minutes generating prompts."""
+    run_dir = tmp_path / "smol"
+    result = run_script("--recipe", "smol", "--rounds", "2", "--run-dir", str(run_dir))
+    assert result.returncode == 2, output_tail(result)
+    assert "round 0, 1: recipe.stage_settings.rank.ranker_model must name a checkpoint" in result.stderr
+    assert "round 0, 1: recipe.stage_settings.evaluate.ranker_model must name a checkpoint" in result.stderr
+    assert "[run.sh] round 0" not in result.stdout and not run_dir.exists()

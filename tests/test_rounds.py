@@ -206,7 +206,7 @@ def test_every_recipe_composes_and_validates_for_each_of_its_stages(recipe: str)
 def test_rlhflow_needs_a_ranker_model_and_says_so_before_anything_runs(tmp_path: Path) -> None:
     problem = "stage.ranker_model must name a checkpoint (directory or Hub id) for stage.ranker=reward_model"
     assert compose_run("stage=rank", "recipe=rlhflow").validate() == [problem]
-    with pytest.raises(ConfigError, match=r"stage\.ranker_model must name a checkpoint"):
+    with pytest.raises(ConfigError, match=r"recipe\.stage_settings\.rank\.ranker_model must name a checkpoint"):
         run_rounds(compose_run("stage=iterate", "recipe=rlhflow", f"run_dir={tmp_path / 'run'}", "world=ci"))
     assert not (tmp_path / "run").exists()  # not even the world was built
 
