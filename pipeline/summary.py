@@ -2,7 +2,8 @@
 
 Values come from each round's ``evaluate`` manifest (its headline metrics ``<suite>/<model key>/<metric>``):
 the row "base" holds round 0's ``policy`` numbers, row ``k`` the numbers of round ``k``'s trained model. The
-table is written to ``{run_dir}/iterate/`` as JSON, Markdown and one plot per headline metric.
+table is written to ``{run_dir}/iterate/`` as JSON, Markdown, one plot per headline metric (its confidence
+interval as error bars) and a plot of each round's seconds by stage.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignment.evaluation.plots import plt, save_figure
+from alignment.evaluation.plots import plot_series_with_intervals, plot_stacked_bars
 from alignment.fileio import write_text_atomic
 from pipeline.artifacts import is_complete, read_manifest
 from pipeline.layout import (
@@ -69,15 +70,29 @@ def headline_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(names)
 
 
+INTERVAL_ENDS = (".low", ".high")  # a metric's confidence interval, drawn on the metric's own plot
+
+
+def plotted_metrics(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The headline metrics that get a plot: an interval end (``<metric>.low``) is drawn on its metric's plot."""
+    columns = headline_columns(rows)
+    return [c for c in columns if not any(c.endswith(end) and c[: -len(end)] in columns for end in INTERVAL_ENDS)]
+
+
 def plot_rounds(rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path) -> Path:
-    """``metric`` per round (x: base, 0, 1, ...) as a line with markers."""
-    points = [(str(row["round"]), row[metric]) for row in rows if metric in row]
-    figure, axes = plt.subplots(figsize=(5.5, 3.8))
-    axes.plot([label for label, _ in points], [value for _, value in points], marker="o")
-    axes.set_xlabel("after round")
-    axes.set_ylabel(metric)
-    axes.grid(alpha=0.3)
-    return save_figure(figure, path)
+    """``metric`` per round (x: base, 0, 1, ...) as a line with markers, with its confidence interval as error
+    bars when the rows hold ``<metric>.low`` and ``<metric>.high``; a win rate gets the 0.5 line."""
+    points = [(str(row["round"]), float(row[metric]), row.get(f"{metric}.low"), row.get(f"{metric}.high"))
+              for row in rows if metric in row]
+    return plot_series_with_intervals({metric: points}, path, ylabel=metric,
+                                      reference_line=0.5 if metric.endswith("win_rate") else None)
+
+
+def plot_cost(costs: Sequence[Mapping[str, Any]], stages: Sequence[str], path: str | Path) -> Path:
+    """Seconds per round, stacked by stage (a stage without a recorded time counts as 0)."""
+    parts = {stage: [float(row.get(f"{stage}_s") or 0.0) for row in costs] for stage in stages}
+    return plot_stacked_bars([str(row["round"]) for row in costs], parts, path, ylabel="seconds",
+                             title="where a round's time goes")
 
 
 def round_extras(layout: RunLayout, round_index: int, stages: Sequence[str]) -> dict[str, Any]:
@@ -139,6 +154,8 @@ def write_summary(layout: RunLayout, recipe: str, rounds: int, stages: Sequence[
     write_text_atomic(out / Files.SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / Files.SUMMARY_MARKDOWN, f"# {recipe}: {rounds} round(s)\n\n{table}\n"
                       f"## Cost per round (seconds, share of the round)\n\n{cost_table}")
-    for metric in headline_columns(rows):
+    for metric in plotted_metrics(rows):
         plot_rounds(rows, metric, out / f"{metric.replace('/', '_')}.png")
+    if costs:
+        plot_cost(costs, stages, out / "cost.png")
     return summary

@@ -9,7 +9,8 @@
 Runs ``stage=iterate recipe=<name>`` (the same stages ``recipes/iterative/run.sh`` runs, resumable) and copies the
 summary table and its plots to ``--out``. For a recipe whose evaluation is a win rate against the previous round
 (``smol``), it then evaluates every round's model against the starting model on the same instructions with the
-same judge (one more evaluate artifact, ``{run_dir}/vs_start``), and adds that column to the table.
+same judge (one more evaluate artifact, ``{run_dir}/vs_start``), adds that column to the table (``vs_start.md``) and
+draws both win rates with their CIs (``win_rates.png``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from experiments import say, table
 
+from alignment.evaluation.plots import plot_series_with_intervals
 from pipeline.layout import JOINT_TRAIN, Files, RunLayout, stage_dir
 from stages.compose import compose_run
 from stages.iterate import run_rounds
@@ -41,6 +43,20 @@ def versus_start(args: argparse.Namespace, run_dir: Path) -> dict[int, dict[str,
     metrics = run_stage(plan)["metrics"]
     return {k: {name.split("/", 2)[2]: value for name, value in metrics.items()
                 if name.startswith(f"win_rate/{model_key(spec)}/")} for k, spec in enumerate(models)}
+
+
+def win_rate_points(rows: list[dict[str, Any]], prefix: str) -> list[tuple[str, float, Any, Any]]:
+    """``(round, win rate, CI low, CI high)`` of the rows' ``<prefix>win_rate`` columns."""
+    return [(str(row["round"]), float(row[f"{prefix}win_rate"]), row.get(f"{prefix}win_rate.low"),
+             row.get(f"{prefix}win_rate.high")) for row in rows if f"{prefix}win_rate" in row]
+
+
+def plot_win_rates(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Each round's win rate against the previous round and against the start, with 95% CIs, on one plot."""
+    series = {"vs the previous round": win_rate_points(rows, "win_rate/"),
+              "vs the starting model": win_rate_points(rows, "vs_start/")}
+    return plot_series_with_intervals(series, path, ylabel="win rate (judge)", reference_line=0.5,
+                                      title="each round's model, judged by the second reward model")
 
 
 def main() -> None:
@@ -69,6 +85,7 @@ def main() -> None:
                 for row in summary["rows"] if row["round"] != "base"]
         text = table(rows)
         (out / "vs_start.md").write_text(text + "\n")
+        plot_win_rates(rows, out / "win_rates.png")
         print(text)
     print(f"{args.recipe}: {args.rounds} round(s) in {time.perf_counter() - started:.0f} s; table and plots in {out}")
 

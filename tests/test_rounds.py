@@ -281,3 +281,35 @@ def test_the_cost_of_each_round_is_broken_down_by_stage(tmp_path: Path) -> None:
                                                   "evaluate"])
     assert row["generate_s"] == 30.0 and row["create_instructions_s"] is None and row["total_s"] == 100.0
     assert (row["generation_share"], row["ranking_share"], row["training_share"]) == (0.3, 0.1, 0.5)
+
+
+def test_a_win_rate_is_plotted_with_its_interval_and_the_cost_by_stage(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A metric's CI ends go on its own plot as error bars (no plot of their own); each round's seconds are
+    stacked by stage in cost.png."""
+    import pipeline.summary as summary_module
+    from alignment.evaluation import plots
+
+    drawn: dict[str, Any] = {}
+
+    def spy(series: Any, path: Path, **kwargs: Any) -> Path:
+        drawn[Path(path).name] = (series, kwargs)
+        return plots.plot_series_with_intervals(series, path, **kwargs)
+
+    monkeypatch.setattr(summary_module, "plot_series_with_intervals", spy)
+    for k, (rate, low, high) in enumerate([(0.45, 0.35, 0.55), (0.62, 0.52, 0.71)]):
+        write_artifact(tmp_path, k, "joint_train", {"steps": 5})
+        write_artifact(tmp_path, k, "evaluate", {"win_rate/round_joint_train/win_rate": rate,
+                                                 "win_rate/round_joint_train/win_rate.low": low,
+                                                 "win_rate/round_joint_train/win_rate.high": high})
+        timing = {"metrics": {}, "timestamps": {"started": 0.0, "finished": 40.0 + k}}
+        (stage_dir(tmp_path, k, "joint_train") / MANIFEST).write_text(json.dumps(timing))
+    write_summary(compose_run("stage=iterate", "recipe=toy", "rounds=2", f"run_dir={tmp_path}",
+                              "recipe.stages=[joint_train,evaluate]"))
+    out = tmp_path / "iterate"
+    assert sorted(p.name for p in out.glob("*.png")) == ["cost.png", "win_rate_win_rate.png"]
+    series, kwargs = drawn["win_rate_win_rate.png"]
+    assert series == {"win_rate/win_rate": [("0", 0.45, 0.35, 0.55), ("1", 0.62, 0.52, 0.71)]}
+    assert kwargs["reference_line"] == 0.5
+    cost = json.loads((out / "summary.json").read_text())["cost"]
+    assert [row["joint_train_s"] for row in cost] == [40.0, 41.0] and (out / "cost.png").stat().st_size > 0

@@ -86,3 +86,49 @@ def plot_length_distribution(lengths: Mapping[str, Sequence[int]], path: str | P
     axes.set_title(title)
     axes.legend(fontsize=7)
     return save_figure(figure, path)
+
+
+def plot_series_with_intervals(series: Mapping[str, Sequence[tuple[str, float, float | None, float | None]]],
+                               path: str | Path, ylabel: str, xlabel: str = "after round", title: str = "",
+                               reference_line: float | None = None) -> Path:
+    """One line per series over shared x labels; each point is ``(x label, value, low, high)`` and its interval
+    [low, high] is drawn as an error bar (None: no bar). Series are offset slightly so their bars do not hide
+    each other."""
+    figure, axes = plt.subplots(figsize=(6.0, 4.0))
+    labels = list(dict.fromkeys(x for points in series.values() for x, *_ in points))
+    width = 0.08 * (len(series) - 1)
+    for index, (name, points) in enumerate(series.items()):
+        offset = index * 0.08 - width / 2
+        xs = [labels.index(x) + offset for x, *_ in points]
+        values = [value for _, value, _, _ in points]
+        lower = [value - low if low is not None else 0.0 for _, value, low, _ in points]
+        upper = [high - value if high is not None else 0.0 for _, value, _, high in points]
+        axes.errorbar(xs, values, yerr=[lower, upper], marker="o", capsize=5, label=name)
+    if reference_line is not None:
+        axes.axhline(reference_line, color="grey", linestyle="--", linewidth=1)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title or ylabel)
+    axes.grid(alpha=0.3)
+    if len(series) > 1:
+        axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def plot_stacked_bars(labels: Sequence[str], parts: Mapping[str, Sequence[float]], path: str | Path,
+                      ylabel: str, xlabel: str = "round", title: str = "") -> Path:
+    """One bar per label, stacked from ``parts`` (``{part: one value per label}``) in order, e.g. the seconds
+    each stage of a round took."""
+    figure, axes = plt.subplots(figsize=(6.5, 4.0))
+    bottom = [0.0] * len(labels)
+    for name, values in parts.items():
+        axes.bar(range(len(labels)), values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title or ylabel)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return save_figure(figure, path)
