@@ -79,12 +79,16 @@ def plotted_metrics(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [c for c in columns if not any(c.endswith(end) and c[: -len(end)] in columns for end in INTERVAL_ENDS)]
 
 
+def interval_points(rows: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, float, Any, Any]]:
+    """``(round, value, <metric>.low, <metric>.high)`` of each row that holds ``metric`` (an end may be None)."""
+    return [(str(row["round"]), float(row[metric]), row.get(f"{metric}.low"), row.get(f"{metric}.high"))
+            for row in rows if metric in row]
+
+
 def plot_rounds(rows: Sequence[Mapping[str, Any]], metric: str, path: str | Path) -> Path:
     """``metric`` per round (x: base, 0, 1, ...) as a line with markers, with its confidence interval as error
     bars when the rows hold ``<metric>.low`` and ``<metric>.high``; a win rate gets the 0.5 line."""
-    points = [(str(row["round"]), float(row[metric]), row.get(f"{metric}.low"), row.get(f"{metric}.high"))
-              for row in rows if metric in row]
-    return plot_series_with_intervals({metric: points}, path, ylabel=metric,
+    return plot_series_with_intervals({metric: interval_points(rows, metric)}, path, ylabel=metric,
                                       reference_line=0.5 if metric.endswith("win_rate") else None)
 
 

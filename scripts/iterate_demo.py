@@ -25,6 +25,7 @@ from experiments import say, table
 
 from alignment.evaluation.plots import plot_series_with_intervals
 from pipeline.layout import JOINT_TRAIN, Files, RunLayout, stage_dir
+from pipeline.summary import interval_points
 from stages.compose import compose_run
 from stages.iterate import run_rounds
 from stages.runner import run_stage
@@ -45,16 +46,10 @@ def versus_start(args: argparse.Namespace, run_dir: Path) -> dict[int, dict[str,
                 if name.startswith(f"win_rate/{model_key(spec)}/")} for k, spec in enumerate(models)}
 
 
-def win_rate_points(rows: list[dict[str, Any]], prefix: str) -> list[tuple[str, float, Any, Any]]:
-    """``(round, win rate, CI low, CI high)`` of the rows' ``<prefix>win_rate`` columns."""
-    return [(str(row["round"]), float(row[f"{prefix}win_rate"]), row.get(f"{prefix}win_rate.low"),
-             row.get(f"{prefix}win_rate.high")) for row in rows if f"{prefix}win_rate" in row]
-
-
 def plot_win_rates(rows: list[dict[str, Any]], path: Path) -> Path:
     """Each round's win rate against the previous round and against the start, with 95% CIs, on one plot."""
-    series = {"vs the previous round": win_rate_points(rows, "win_rate/"),
-              "vs the starting model": win_rate_points(rows, "vs_start/")}
+    series = {"vs the previous round": interval_points(rows, "win_rate/win_rate"),
+              "vs the starting model": interval_points(rows, "vs_start/win_rate")}
     return plot_series_with_intervals(series, path, ylabel="win rate (judge)", reference_line=0.5,
                                       title="each round's model, judged by the second reward model")
 

@@ -34,5 +34,5 @@ def test_both_win_rates_are_drawn_with_their_intervals(tmp_path: Path, monkeypat
 
 
 def test_a_round_without_a_win_rate_is_left_out_not_drawn_as_zero() -> None:
-    rows = [{"round": 0}, ROWS[1]]
-    assert iterate_demo.win_rate_points(rows, "vs_start/") == [("1", 0.6, 0.5, 0.7)]
+    rows: list[dict[str, Any]] = [{"round": 0}, ROWS[1]]
+    assert iterate_demo.interval_points(rows, "vs_start/win_rate") == [("1", 0.6, 0.5, 0.7)]
