@@ -36,11 +36,18 @@ def init_process_group() -> bool:
 
 
 def destroy_process_group(synchronize: bool = True) -> None:
-    """Leave the process group cleanly (an undestroyed gloo group can abort the process at exit); after a
-    failure, leave without waiting for ranks that may never arrive."""
+    """Leave the process group cleanly; after a failure, leave without waiting for ranks that may never arrive.
+
+    The stage's objects that still hold the group (a DDP reducer and its gloo work, kept alive by reference
+    cycles) are collected first: left to the interpreter's exit, gloo's threads can outlive them and abort the
+    process (``terminate called without an active exception``) after the stage has already committed.
+    """
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_initialized():
+        gc.collect()
         if synchronize:
             dist.barrier()
         dist.destroy_process_group()

@@ -45,3 +45,16 @@ def test_two_ranks_agree_on_every_objective_and_end_identical(world_run_dir, tmp
     assert ranks[0]["abs_checksum"] == ranks[1]["abs_checksum"]
     manifest = read_manifest(stage_dir(run_dir, 0, "joint_train"))
     assert sum(manifest["metrics"]["steps_per_objective"].values()) == 8
+
+
+def test_ranks_exit_cleanly_after_the_runner_leaves_the_group(tmp_path):
+    """A rank whose stage has committed must still exit with 0. The abort this guards against is intermittent
+    (SIGABRT, ``terminate called without an active exception``, from gloo's threads at interpreter exit): measured
+    on 2 ranks, 5 of 12 launches without the collection and the barrier, 2 of 42 with the barrier only, 0 of 48
+    with the collection. Sixteen rank exits catch a change that makes it common, not every rare one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+               str(ROOT / "tests" / "dist_exit_worker.py")]
+    for _ in range(4):
+        result = run_watched(command, env=env, cwd=ROOT)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
