@@ -19,11 +19,16 @@ from tests.watchdog import run_watched
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def torchrun(out: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+def launch(worker: str, *args: str, ranks: int = 2) -> subprocess.CompletedProcess[str]:
+    """``torchrun`` of ``tests/<worker>`` on ``ranks`` CPU processes, one thread each."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(ROOT / "tests" / "dist_worker.py"), str(out), *overrides]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+               str(ROOT / "tests" / worker), *args]
     return run_watched(command, env=env, cwd=ROOT)
+
+
+def torchrun(out: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return launch("dist_worker.py", str(out), *overrides)
 
 
 @pytest.mark.parametrize("objective", ["alright", "maxright"])
@@ -47,14 +52,11 @@ def test_two_ranks_agree_on_every_objective_and_end_identical(world_run_dir, tmp
     assert sum(manifest["metrics"]["steps_per_objective"].values()) == 8
 
 
-def test_ranks_exit_cleanly_after_the_runner_leaves_the_group(tmp_path):
+def test_ranks_exit_cleanly_after_the_runner_leaves_the_group():
     """A rank whose stage has committed must still exit with 0. The abort this guards against is intermittent
     (SIGABRT, ``terminate called without an active exception``, from gloo's threads at interpreter exit): measured
     on 2 ranks, 5 of 12 launches without the collection and the barrier, 2 of 42 with the barrier only, 0 of 48
     with the collection. Sixteen rank exits catch a change that makes it common, not every rare one."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-               str(ROOT / "tests" / "dist_exit_worker.py")]
     for _ in range(4):
-        result = run_watched(command, env=env, cwd=ROOT)
+        result = launch("dist_exit_worker.py", ranks=4)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.summary import interval_points
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import iterate_demo  # noqa: E402  (a script beside its helper module experiments.py)
@@ -35,4 +37,4 @@ def test_both_win_rates_are_drawn_with_their_intervals(tmp_path: Path, monkeypat
 
 def test_a_round_without_a_win_rate_is_left_out_not_drawn_as_zero() -> None:
     rows: list[dict[str, Any]] = [{"round": 0}, ROWS[1]]
-    assert iterate_demo.interval_points(rows, "vs_start/win_rate") == [("1", 0.6, 0.5, 0.7)]
+    assert interval_points(rows, "vs_start/win_rate") == [("1", 0.6, 0.5, 0.7)]
