@@ -83,18 +83,43 @@ def refresh_overhead(steps: list[dict[str, Any]]) -> float | None:
     return sum(extra) / (median * len(steps))
 
 
-def normalised_distance(point: tuple[float, float], ideal: tuple[float, float], base: tuple[float, float]) -> float:
-    """Distance to the ideal point with each loss scaled by its base-to-optimum range."""
-    return math.hypot(*((p - i) / max(b - i, 1e-9) for p, i, b in zip(point, ideal, base, strict=True)))
+def normalised_distance(point: tuple[float, float], ideal: tuple[float, float], base: tuple[float, float]
+                        ) -> float | None:
+    """Distance to the ideal point with each loss scaled by its base-to-optimum range; None when a range is not
+    positive: the single-objective run never beat the base model on its own held-out loss (the optimum is the
+    base's step-0 evaluation), so that axis has no scale and any division would only measure noise."""
+    ranges = [b - i for i, b in zip(ideal, base, strict=True)]
+    if min(ranges) <= 0:
+        return None
+    return math.hypot(*((p - i) / r for p, i, r in zip(point, ideal, ranges, strict=True)))
 
 
-def row(name: str, lambd: float | None, losses: dict[str, float], ideal: tuple[float, float],
-        base: tuple[float, float], trained: dict[str, Any] | None, judged: dict[str, Any] | None) -> dict[str, Any]:
+def undefined_axes(ideal: tuple[float, float], base: tuple[float, float]) -> list[str]:
+    """The objectives whose single-objective run ended no better than the base model (see normalised_distance)."""
+    return [name for name, i, b in zip(("SFT", "preference"), ideal, base, strict=True) if b - i <= 0]
+
+
+def sweep_best(results: dict[str, Any], final_losses: list[dict[str, float]]) -> tuple[float, float]:
+    """The sweep's utopia point: the best held-out (SFT, preference) loss over every evaluation of every trained
+    run (the base's step-0 evaluation included) and every final point. It is the paper's ideal point when the
+    single-objective runs hold both minima, and stays defined when a short single-objective run ends no better
+    than the base (another method's point may still beat it)."""
+    points = [(e["eval/sft_loss"], e["eval/pref_loss"]) for r in results.values() for e in r["evals"]]
+    points += [(losses["sft_loss"], losses["pref_loss"]) for losses in final_losses]
+    return min(p[0] for p in points), min(p[1] for p in points)
+
+
+Targets = tuple[tuple[float, float], tuple[float, float]]  # (ideal point, the sweep's utopia point)
+
+
+def row(name: str, lambd: float | None, losses: dict[str, float], targets: Targets, base: tuple[float, float],
+        trained: dict[str, Any] | None, judged: dict[str, Any] | None) -> dict[str, Any]:
     point = (losses["sft_loss"], losses["pref_loss"])
     out: dict[str, Any] = {
         "method": name, "lambda": lambd, "sft_loss": point[0], "pref_loss": point[1],
         "reward_acc": losses.get("reward_accuracy"), "margin": losses.get("reward_margin"),
-        "dist_norm": normalised_distance(point, ideal, base),
+        "dist_norm": normalised_distance(point, targets[0], base),
+        "dist_utopia": normalised_distance(point, targets[1], base),
         "s_per_step": trained["metrics"]["seconds_per_step"] if trained else None,
         "train_s": trained["metrics"]["train_seconds"] if trained else 0.0,
     }
@@ -267,17 +292,16 @@ def main() -> None:
         loss_suites = ["sft_loss", "preference"] if name.startswith("interpolate") else []
         if name != "only-sft" and scored + loss_suites:
             judged[name] = evaluate(root / f"eval-{name}", path, shared, scored + loss_suites, judging, sft_answers)
+    measured = {name: trained_losses(results[name]) if name in results else judged_losses(judged[name])
+                for name in points if name in results or name in judged}
+    utopia = sweep_best(results, list(measured.values()))
     rows = []
-    for name in points:
-        trained = results.get(name)
-        losses = trained_losses(trained) if trained else judged_losses(judged[name]) if name in judged else None
-        if losses is None:
-            continue
+    for name, losses in measured.items():
         method, _, lambd = name.rpartition("-")
         label = name if name.startswith("only") else method
-        rows.append(row(label, None if name.startswith("only") else float(lambd), losses, ideal, base, trained,
-                        judged.get(name)))
-    report(root, args, rows, results, ideal, base)
+        rows.append(row(label, None if name.startswith("only") else float(lambd), losses, (ideal, utopia), base,
+                        results.get(name), judged.get(name)))
+    report(root, args, rows, results, (ideal, utopia), base)
 
 
 def loss_space_points(rows: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
@@ -292,11 +316,13 @@ def loss_space_points(rows: list[dict[str, Any]], results: dict[str, Any]) -> di
 
 
 def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], results: dict[str, Any],
-           ideal: tuple[float, float], base: tuple[float, float]) -> None:
-    text = table(rows)
+           targets: Targets, base: tuple[float, float]) -> None:
+    (ideal, utopia), text = targets, table(rows)
     ratios = {lambd: cost_ratios(results, lambd) for lambd in args.lambdas}
     lines = [f"ideal point (f*_SFT, f*_pref) = ({ideal[0]:.4f}, {ideal[1]:.4f}); base model ({base[0]:.4f}, "
-             f"{base[1]:.4f}); {args.steps} optimizer steps per method", "", text, ""]
+             f"{base[1]:.4f}); {args.steps} optimizer steps per method",
+             f"utopia point of the sweep (best held-out loss on each axis over every evaluation; dist_utopia) = "
+             f"({utopia[0]:.4f}, {utopia[1]:.4f})", "", text, ""]
     for lambd, ratio in ratios.items():
         lines.append(f"λ={lambd}: time per step over sequential's, per objective step: "
                      + ", ".join(f"{m} {v:.3f}×" for m, v in ratio.items()))
@@ -308,13 +334,16 @@ def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], res
             if overhead is not None:
                 lines.append(f"λ={lambd}: MAXRIGHT's refreshes add {overhead:+.1%} to {args.steps} of its median plain "
                              f"steps, within the run ({1 + overhead:.3f}× sequential at equal plain steps)")
+    for name in undefined_axes(ideal, base):
+        lines.append(f"the {name}-only run never beat the base model's held-out {name} loss: that axis has no "
+                     "base-to-optimum range, so dist_norm is undefined (-) for every point; compare the raw losses")
     for method in METHODS:
-        values = [r["dist_norm"] for r in rows if r["method"] == method]
+        values = [r["dist_norm"] for r in rows if r["method"] == method and r["dist_norm"] is not None]
         if values:
             lines.append(f"mean normalised distance to the ideal point, {method}: {statistics.mean(values):.3f}")
     print("\n".join(lines), flush=True)
     (root / "tradeoff.md").write_text("\n".join(lines) + "\n")
-    (root / "tradeoff.json").write_text(json.dumps({"ideal": ideal, "base": base, "rows": rows,
+    (root / "tradeoff.json").write_text(json.dumps({"ideal": ideal, "utopia": utopia, "base": base, "rows": rows,
                                                     "cost_ratios": ratios}, indent=1))
     plot_loss_space(loss_space_points(rows, results), root / "tradeoff.png", ideal=ideal, styles=point_styles(rows),
                     title=f"{args.data}, {args.model}, {args.steps} steps per method")

@@ -4,6 +4,7 @@ win-rate-vs-time points."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -21,6 +22,14 @@ def test_normalised_distance_puts_the_base_at_one_one_and_the_ideal_at_the_origi
     assert tradeoff.normalised_distance(ideal, ideal, base) == 0.0
     # (1.75 − 1.5) / 0.5 = 0.5 and (0.61 − 0.6) / 0.1 = 0.1
     assert tradeoff.normalised_distance((1.75, 0.61), ideal, base) == pytest.approx(math.hypot(0.5, 0.1))
+
+
+def test_normalised_distance_is_undefined_when_a_single_objective_run_never_beat_the_base() -> None:
+    # the preference-only run's best held-out loss is the base's own step-0 value: no range to scale by
+    ideal, base = (1.642, 0.6931), (1.681, 0.6931)
+    assert tradeoff.normalised_distance((1.66, 0.6968), ideal, base) is None
+    assert tradeoff.undefined_axes(ideal, base) == ["preference"]
+    assert tradeoff.undefined_axes((1.5, 0.6), (2.0, 0.7)) == []
 
 
 def run(step_seconds: dict[str, float], objective_steps: dict[str, int], seconds_per_step: float = 0.0
@@ -106,3 +115,36 @@ def test_the_report_plots_draw_every_point_of_a_sweep(tmp_path: Path) -> None:
     tradeoff.plot_loss_space(points, tmp_path / "loss.png", ideal=(1.6, 0.6), styles=tradeoff.point_styles(rows))
     tradeoff.plot_win_rate_vs_time(rows, tmp_path / "win.png")
     assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "win.png").stat().st_size > 1000
+
+
+def test_sweep_best_takes_each_axis_minimum_over_every_evaluation_and_final_point() -> None:
+    evals = [{"eval/sft_loss": 1.68, "eval/pref_loss": 0.6931}, {"eval/sft_loss": 1.64, "eval/pref_loss": 0.6971}]
+    results = {"only-sft": {"evals": evals}, "only-preference": {"evals": [evals[0] | {"eval/sft_loss": 1.67}]}}
+    # an interpolated model's point (no training evaluations) beats every run on preference
+    assert tradeoff.sweep_best(results, [{"sft_loss": 1.66, "pref_loss": 0.6896}]) == (1.64, 0.6896)
+    # with the base as the only preference minimum the utopia sits on the base on that axis: distance undefined
+    utopia = tradeoff.sweep_best(results, [])
+    assert utopia == (1.64, 0.6931)
+    assert tradeoff.normalised_distance((1.66, 0.70), utopia, (1.68, 0.6931)) is None
+
+
+def test_a_small_sweep_on_the_embedded_world_reports_both_distances(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The script end to end: single objectives, one sequential and one ALRIGHT run, no judge; the table and the
+    JSON carry both distances, and the utopia point is the best of every evaluation on each axis."""
+    root = tmp_path / "sweep"
+    monkeypatch.setattr(sys, "argv", ["tradeoff.py", "stage.progress=false", "--run-dir", str(root), "--world", "ci",
+                                      "--steps", "12", "--eval-every", "4", "--nll-weight", "0", "--lambdas", "0.5",
+                                      "--methods", "sequential", "alright", "--alphas"])
+    tradeoff.main()
+    report = json.loads((root / "tradeoff.json").read_text())
+    assert [r["method"] for r in report["rows"]] == ["only-sft", "only-preference", "sequential", "alright"]
+    evals = [json.loads(line) for name in ("only-sft", "only-preference", "sequential-0.5", "alright-0.5")
+             for line in (root / name / "round_00" / "joint_train" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if "eval/sft_loss" in e]
+    assert report["utopia"] == [min(e["eval/sft_loss"] for e in evals), min(e["eval/pref_loss"] for e in evals)]
+    for r in report["rows"]:
+        expected = tradeoff.normalised_distance((r["sft_loss"], r["pref_loss"]), report["utopia"], report["base"])
+        assert expected is not None and r["dist_utopia"] == pytest.approx(expected)
+    text = (root / "tradeoff.md").read_text()
+    assert "| dist_norm | dist_utopia |" in text and "utopia point of the sweep" in text
