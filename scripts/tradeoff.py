@@ -88,10 +88,9 @@ def normalised_distance(point: tuple[float, float], ideal: tuple[float, float], 
     """Distance to the ideal point with each loss scaled by its base-to-optimum range; None when a range is not
     positive: the single-objective run never beat the base model on its own held-out loss (the optimum is the
     base's step-0 evaluation), so that axis has no scale and any division would only measure noise."""
-    ranges = [b - i for i, b in zip(ideal, base, strict=True)]
-    if min(ranges) <= 0:
+    if undefined_axes(ideal, base):
         return None
-    return math.hypot(*((p - i) / r for p, i, r in zip(point, ideal, ranges, strict=True)))
+    return math.hypot(*((p - i) / (b - i) for p, i, b in zip(point, ideal, base, strict=True)))
 
 
 def undefined_axes(ideal: tuple[float, float], base: tuple[float, float]) -> list[str]:
