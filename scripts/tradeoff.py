@@ -9,7 +9,10 @@ is an artifact under ``--run-dir`` (a re-run skips complete runs and resumes a p
 share one cache (reference log-probs, evaluation generations). With ``--judge`` (a reward model directory or
 train_rm artifact), each point is also evaluated: win rate of its answers to ``--instructions`` AlpacaEval
 instructions against the SFT-only model's answers (judged by the reward model), MMLU zero-shot, and for the
-interpolated models the held-out losses (trained points report their own final held-out evaluation).
+interpolated models the held-out losses (trained points report their own final held-out evaluation). With
+``--heldout-rows N`` every point and the base model are evaluated again on the first N rows of both held-out sets
+(training's ``--eval-rows`` evaluations stay as they were: no run retrains), and those losses give the table, the
+distances and the plot.
 
 Distances to the ideal point (f*_SFT, f*_pref) are in the normalised loss space: each loss as
 (f − f*) / (f_base − f*), so the base model sits at (1, 1) and the ideal point at (0, 0). Writes
@@ -235,10 +238,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=0, help="data.max_length of training and evaluation")
     parser.add_argument("--eval-rows", type=int, default=0,
                         help="held-out rows of both sets, in training's evaluations and the evaluate stage's")
+    parser.add_argument("--heldout-rows", type=int, default=0,
+                        help="evaluate every point and the base on this many held-out rows of both sets (the "
+                             "evaluate stage, reference log-probs from the sweep's store) and report those losses")
     parser.add_argument("--nll-weight", type=float, default=None,
                         help="loss.nll_weight for training and evaluation (default: the loss config's)")
     parser.add_argument("overrides", nargs="*", help="extra alignment_run overrides for every training run")
     return parser.parse_args()
+
+
+def heldout_rows(n: int) -> list[str]:
+    """Overrides keeping the first ``n`` rows of both held-out sets."""
+    return [f"data.sft_eval.max_rows={n}", f"data.preference_eval.max_rows={n}"]
 
 
 def main() -> None:
@@ -250,8 +261,9 @@ def main() -> None:
         shared.append(f"loss.nll_weight={args.nll_weight}")
     if args.max_length:
         shared.append(f"data.max_length={args.max_length}")
+    heldout_shared = [*shared, *heldout_rows(args.heldout_rows), "stage.ref_cache=true"]
     if args.eval_rows:  # the same rows for the trained points (training's last evaluation) and interpolated ones
-        shared += [f"data.sft_eval.max_rows={args.eval_rows}", f"data.preference_eval.max_rows={args.eval_rows}"]
+        shared += heldout_rows(args.eval_rows)
     common = [*shared, f"stage.train.max_steps={args.steps}", *([f"stage.train.eval_max_rows={args.eval_rows}"]
                                                                    if args.eval_rows else []),
               f"stage.train.eval_every={args.eval_every or max(1, args.steps // 10)}", "stage.log_every=1",
@@ -288,38 +300,62 @@ def main() -> None:
                                       args.references)
         sft_answers = judged["only-sft"]["answers"]
     for name, path in points.items():
-        loss_suites = ["sft_loss", "preference"] if name.startswith("interpolate") else []
+        loss_suites = ["sft_loss", "preference"] if name.startswith("interpolate") and not args.heldout_rows else []
         if name != "only-sft" and scored + loss_suites:
             judged[name] = evaluate(root / f"eval-{name}", path, shared, scored + loss_suites, judging, sft_answers)
     measured = {name: trained_losses(results[name]) if name in results else judged_losses(judged[name])
                 for name in points if name in results or name in judged}
     utopia = sweep_best(results, list(measured.values()))
+    paths = {name: result["evals"] for name, result in results.items()}
+    if args.heldout_rows:
+        measured, ideal, utopia, base, paths = heldout_points(root, points, heldout_shared)
     rows = []
     for name, losses in measured.items():
         method, _, lambd = name.rpartition("-")
         label = name if name.startswith("only") else method
         rows.append(row(label, None if name.startswith("only") else float(lambd), losses, (ideal, utopia), base,
                         results.get(name), judged.get(name)))
-    report(root, args, rows, results, (ideal, utopia), base)
+    report(root, args, rows, results, (ideal, utopia), base, paths)
 
 
-def loss_space_points(rows: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
-    """Each trained run's held-out evaluations along training; an interpolated model is its one point."""
+def heldout_points(root: Path, points: dict[str, str], shared: list[str]) -> tuple[
+        dict[str, dict[str, float]], tuple[float, float], tuple[float, float], tuple[float, float], dict[str, Any]]:
+    """``--heldout-rows``: the base model and every point evaluated on the larger held-out sets, one evaluate
+    artifact each (``heldout-<name>``). Returns the points' losses, the ideal point (each single-objective run's
+    final loss, or the base's where the run ended no better), the utopia point (the best of every point and the
+    base), the base, and each trained point's path (base → final) for the plot."""
+    def losses(name: str, model: str) -> dict[str, float]:
+        return judged_losses(evaluate(root / f"heldout-{name}", model, shared, ["sft_loss", "preference"]))
+
+    start = losses("base", "base")
+    measured = {name: losses(name, path) for name, path in points.items()}
+    base = (start["sft_loss"], start["pref_loss"])
+    ideal = (min(base[0], measured["only-sft"]["sft_loss"]), min(base[1], measured["only-preference"]["pref_loss"]))
+    every = [base, *((m["sft_loss"], m["pref_loss"]) for m in measured.values())]
+    utopia = (min(p[0] for p in every), min(p[1] for p in every))
+    paths = {name: [{"eval/sft_loss": m["sft_loss"], "eval/pref_loss": m["pref_loss"]} for m in (start, found)]
+             for name, found in measured.items() if not name.startswith("interpolate")}
+    return measured, ideal, utopia, base, paths
+
+
+def loss_space_points(rows: list[dict[str, Any]], paths: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """Each trained run's held-out evaluations along training (``paths``); an interpolated model is its one
+    point."""
     points = {}
     for r in rows:
         name = r["method"] if r["lambda"] is None else f"{r['method']}-{r['lambda']}"
-        trained = results.get(name)
-        points[point_label(r["method"], r["lambda"])] = trained["evals"] if trained else [
+        points[point_label(r["method"], r["lambda"])] = paths.get(name) or [
             {"eval/sft_loss": r["sft_loss"], "eval/pref_loss": r["pref_loss"]}]
     return points
 
 
 def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], results: dict[str, Any],
-           targets: Targets, base: tuple[float, float]) -> None:
+           targets: Targets, base: tuple[float, float], paths: dict[str, Any]) -> None:
     (ideal, utopia), text = targets, table(rows)
     ratios = {lambd: cost_ratios(results, lambd) for lambd in args.lambdas}
     lines = [f"ideal point (f*_SFT, f*_pref) = ({ideal[0]:.4f}, {ideal[1]:.4f}); base model ({base[0]:.4f}, "
-             f"{base[1]:.4f}); {args.steps} optimizer steps per method",
+             f"{base[1]:.4f}); {args.steps} optimizer steps per method; held-out losses on "
+             f"{args.heldout_rows or args.eval_rows or 'all'} rows of each set",
              f"utopia point of the sweep (best held-out loss on each axis over every evaluation; dist_utopia) = "
              f"({utopia[0]:.4f}, {utopia[1]:.4f})", "", text, ""]
     for lambd, ratio in ratios.items():
@@ -344,7 +380,7 @@ def report(root: Path, args: argparse.Namespace, rows: list[dict[str, Any]], res
     (root / "tradeoff.md").write_text("\n".join(lines) + "\n")
     (root / "tradeoff.json").write_text(json.dumps({"ideal": ideal, "utopia": utopia, "base": base, "rows": rows,
                                                     "cost_ratios": ratios}, indent=1))
-    plot_loss_space(loss_space_points(rows, results), root / "tradeoff.png", ideal=ideal, styles=point_styles(rows),
+    plot_loss_space(loss_space_points(rows, paths), root / "tradeoff.png", ideal=ideal, styles=point_styles(rows),
                     title=f"{args.data}, {args.model}, {args.steps} steps per method")
     plot_win_rate_vs_time(rows, root / "winrate_time.png")
 

@@ -27,6 +27,7 @@ from pipeline.artifacts import StageInput, is_complete
 from pipeline.layout import EVALUATE_CACHE, Files, trained_model
 from pipeline.protocol import StageContext, StageResult
 from pipeline.rounds import resolve_ref
+from stages.builders.data import heldout_batches, heldout_examples
 from stages.builders.generation import backend_options, model_source, sampling_settings
 from stages.builders.paths import dataset_path, layout, model_path, policy_input
 from stages.builders.ranking import (
@@ -155,7 +156,9 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
         report["settings"]["win_rate_baseline"] = baseline
     for warning in report["warnings"]:
         print(f"[evaluate] WARNING: {warning}")
-    suites: dict[str, Suite] = {**SUITES, "win_rate": partial(suite_win_rate, baseline=baseline)}
+    reference = ctx.fingerprints.get("reference_model", "")
+    suites: dict[str, Suite] = {**SUITES, "win_rate": partial(suite_win_rate, baseline=baseline),
+                                "preference": partial(suite_preference, reference_fingerprint=reference)}
     outputs: set[str] = set()
     for suite in run.stage.suites:
         print(f"[evaluate] suite {suite} on {len(models)} model(s)")
@@ -187,43 +190,38 @@ def _generator(run: RunConfig, info: dict[str, str]) -> Any:
                      backend_options(run, run.stage.device), sampling_settings(run.stage, run.seed))
 
 
-def _heldout_batches(run: RunConfig, tokenizer: Any, which: str) -> list[Any]:
-    from functools import partial
-
-    from alignment.data.collate import collate_preference, collate_sft
-    from alignment.train.batches import WithIds
-    from stages.builders.data import load_tokenized
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    spec, kind = (run.data.sft_eval, "sft") if which == "sft" else (run.data.preference_eval, "preference")
-    examples, _ = load_tokenized(run, spec, kind, tokenizer)
-    collate = partial(collate_sft, pad_id=pad) if which == "sft" else WithIds(partial(collate_preference, pad_id=pad))
-    size = run.stage.eval_batch_size
-    return [collate(examples[i:i + size]) for i in range(0, len(examples), size)]
-
-
 def suite_sft_loss(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
     from alignment.evaluation.heldout import heldout_sft
 
-    return {key: with_scoring(run, info, lambda model, tok: heldout_sft(model, _heldout_batches(run, tok, "sft"),
-                                                                       run.stage.progress))
-            for key, info in models.items()}, []
+    def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
+        rows = heldout_examples(run, tokenizer, "sft")
+        return heldout_sft(model, heldout_batches(rows, tokenizer, "sft", run.stage.eval_batch_size), run.stage.progress)
+
+    return {key: with_scoring(run, info, evaluate) for key, info in models.items()}, []
 
 
-def suite_preference(run: RunConfig, work_dir: Path, models: dict[str, Any]) -> Results:
+def suite_preference(run: RunConfig, work_dir: Path, models: dict[str, Any], reference_fingerprint: str = ""
+                     ) -> Results:
+    """Held-out preference loss against the base model as reference; with ``stage.ref_cache`` its log-probs come
+    from (and go to) the run's reference store, shared with training (``reference_fingerprint`` names it)."""
     from alignment.evaluation.heldout import heldout_preference
     from alignment.evaluation.suites import scoring_device
     from alignment.generation.sources import load_hf_model
     from alignment.train.components import model_reference
-    from stages.builders.training import preference_component
+    from stages.builders.training import preference_component, stored_reference
 
     base = load_hf_model(model_source(run, model_path(run)), dtype=run.model.dtype)
     reference = model_reference(base.to(scoring_device(run.stage.device)))
 
     def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
-        component = preference_component(run, reference, tokenizer)
-        return heldout_preference(model, _heldout_batches(run, tokenizer, "preference"), component,
-                                  run.stage.bootstrap_resamples, run.seed, run.stage.progress)
+        pairs = heldout_examples(run, tokenizer, "preference")
+        cache = stored_reference(run, reference_fingerprint, tokenizer, reference, pairs, writer="evaluate"
+                                 ) if run.stage.ref_cache else None
+        component = preference_component(run, cache or reference, tokenizer)
+        batches = heldout_batches(pairs, tokenizer, "preference", run.stage.eval_batch_size)
+        result = heldout_preference(model, batches, component, run.stage.bootstrap_resamples, run.seed,
+                                    run.stage.progress)
+        return {**result, "reference_cache": cache.report()} if cache else result
 
     results = {key: with_scoring(run, info, evaluate) for key, info in models.items()}
     return results, []

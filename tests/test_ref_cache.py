@@ -6,6 +6,7 @@ the same batches, are reused by later instances and ranks, and survive torn shar
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import pytest
@@ -30,6 +31,7 @@ from alignment.train.ref_cache import (
 from alignment.train.ref_store import LazyCachedReference, ShardStore, pair_content_hash, store_key
 from pipeline.artifacts import read_manifest
 from pipeline.layout import stage_dir
+from stages.runner import run_stage
 from tests.test_prefix_sharing import random_pairs, tiny_llama
 
 
@@ -111,6 +113,34 @@ def test_training_with_the_lazy_cache_equals_live_and_eager_and_a_second_run_com
     assert again["metrics"]["reference_cache"]["rows_reused"] == first["reference_cache"]["rows_computed"]
     assert read_manifest(stage_dir(lazy, 0, "joint_train"))["metrics"]["eval/pref_loss"] == pytest.approx(
         first["eval/pref_loss"], abs=1e-4)
+
+
+def test_the_evaluate_stage_serves_training_s_stored_rows_and_matches_a_live_reference(world_run_dir):
+    """``stage.ref_cache`` in the evaluate stage reads the store training wrote (same key: reference fingerprint,
+    tokenizer, settings), computes nothing for the pairs training evaluated, and gives the live reference's loss."""
+    from tests.conftest import compose_run
+    from tests.test_joint_train import train
+
+    trained_dir = world_run_dir("trained")
+    train(trained_dir, "objective=preference", "stage.train.max_steps=3", "stage.train.eval_every=3",
+          "stage.train.ref_cache=true", "loss.nll_weight=0.0")
+    trained = stage_dir(trained_dir, 0, "joint_train")
+
+    def held_out_preference(run_dir, *extra):
+        run_stage(compose_run("stage=evaluate", "world=ci", "stage.progress=false", f"run_dir={run_dir}",
+                              f"stage.models=['{trained}']", "stage.suites=[preference]", "loss.nll_weight=0.0",
+                              "data.preference_eval.max_rows=16", *extra))  # the 16 pairs training evaluated
+        report = json.loads((stage_dir(run_dir, 0, "evaluate") / "eval.json").read_text())
+        (result,) = report["results"]["preference"].values()
+        return result
+
+    cached = held_out_preference(trained_dir, "stage.ref_cache=true")
+    live = held_out_preference(world_run_dir("live"))
+    assert cached["pairs"] == live["pairs"] == 16
+    assert cached["reference_cache"]["rows_computed"] == 0 and cached["reference_cache"]["rows_reused"] == 16
+    assert "reference_cache" not in live
+    assert cached["pref_loss"] == pytest.approx(live["pref_loss"], abs=1e-5)
+    assert cached["pref_loss"] == pytest.approx(read_manifest(trained)["metrics"]["eval/pref_loss"], abs=1e-5)
 
 
 # ---- lazy store: rows computed when first used, appended as shards, reused by later instances ----

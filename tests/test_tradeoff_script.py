@@ -96,7 +96,7 @@ def test_loss_space_points_are_training_trajectories_and_single_interpolated_poi
     evals = [{"eval/sft_loss": 2.0, "eval/pref_loss": 0.7}, {"eval/sft_loss": 1.8, "eval/pref_loss": 0.6}]
     rows = [{"method": "alright", "lambda": 0.5, "sft_loss": 1.8, "pref_loss": 0.6},
             {"method": "interpolate", "lambda": 0.25, "sft_loss": 1.9, "pref_loss": 0.65}]
-    points = tradeoff.loss_space_points(rows, {"alright-0.5": {"evals": evals}})
+    points = tradeoff.loss_space_points(rows, {"alright-0.5": evals})
     assert points == {"alright λ=0.5": evals, "interpolate α=0.25": [{"eval/sft_loss": 1.9, "eval/pref_loss": 0.65}]}
 
 
@@ -109,8 +109,7 @@ def test_the_report_plots_draw_every_point_of_a_sweep(tmp_path: Path) -> None:
          "sft_loss": 1.65, "pref_loss": 0.69},
     ]
     evals = [{"eval/sft_loss": 1.8, "eval/pref_loss": 0.7}, {"eval/sft_loss": 1.7, "eval/pref_loss": 0.68}]
-    results = {"only-sft": {"evals": evals[:1]}, "alright-0.5": {"evals": evals}}
-    points = tradeoff.loss_space_points(rows, results)
+    points = tradeoff.loss_space_points(rows, {"only-sft": evals[:1], "alright-0.5": evals})
     assert list(points) == ["only-sft", "alright λ=0.5", "interpolate α=0.5"]
     tradeoff.plot_loss_space(points, tmp_path / "loss.png", ideal=(1.6, 0.6), styles=tradeoff.point_styles(rows))
     tradeoff.plot_win_rate_vs_time(rows, tmp_path / "win.png")
@@ -148,3 +147,41 @@ def test_a_small_sweep_on_the_embedded_world_reports_both_distances(tmp_path: Pa
         assert expected is not None and r["dist_utopia"] == pytest.approx(expected)
     text = (root / "tradeoff.md").read_text()
     assert "| dist_norm | dist_utopia |" in text and "utopia point of the sweep" in text
+
+
+def test_heldout_rows_evaluate_every_point_and_the_base_again_without_retraining(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """``--heldout-rows``: the table's losses are each point's evaluate artifact on the larger sets; the base's
+    preference loss is log 2 (the policy is the reference); the ideal point is each single-objective run's final
+    loss or the base's, whichever is lower; the reference log-probs are computed once and then served."""
+    root = tmp_path / "sweep"
+    args = ["tradeoff.py", "stage.progress=false", "--run-dir", str(root), "--world", "ci", "--steps", "4",
+            "--eval-every", "4", "--eval-rows", "8", "--nll-weight", "0", "--lambdas", "0.5", "--methods", "alright",
+            "--alphas"]
+    monkeypatch.setattr(sys, "argv", args)
+    tradeoff.main()
+    trained = {name: json.loads((root / name / "round_00" / "joint_train" / "manifest.json").read_text())
+               for name in ("only-sft", "only-preference", "alright-0.5")}
+    monkeypatch.setattr(sys, "argv", [*args, "--heldout-rows", "24"])
+    tradeoff.main()
+    report = json.loads((root / "tradeoff.json").read_text())
+
+    def heldout(name: str) -> dict[str, Any]:
+        found = json.loads((root / f"heldout-{name}" / "round_00" / "evaluate" / "eval.json").read_text())["results"]
+        return {suite: next(iter(per_model.values())) for suite, per_model in found.items()}
+
+    base = heldout("base")
+    assert base["sft_loss"]["rows"] == 24 and base["preference"]["pairs"] == 24
+    assert base["preference"]["pref_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert report["base"] == [base["sft_loss"]["sft_loss"], base["preference"]["pref_loss"]]
+    for r, name in zip(report["rows"], ("only-sft", "only-preference", "alright-0.5"), strict=True):
+        assert (r["sft_loss"], r["pref_loss"]) == (heldout(name)["sft_loss"]["sft_loss"],
+                                                   heldout(name)["preference"]["pref_loss"])
+        assert heldout(name)["preference"]["reference_cache"]["rows_computed"] == 0  # the base's pass stored them
+        # no run retrained: the manifests are the first invocation's
+        assert json.loads((root / name / "round_00" / "joint_train" / "manifest.json").read_text()) == trained[name]
+    rows = {r["method"]: r for r in report["rows"]}
+    assert report["ideal"] == [min(report["base"][0], rows["only-sft"]["sft_loss"]),
+                               min(report["base"][1], rows["only-preference"]["pref_loss"])]
+    assert "held-out losses on 24 rows of each set" in (root / "tradeoff.md").read_text()

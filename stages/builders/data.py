@@ -37,3 +37,22 @@ def load_tokenized(run: RunConfig, spec: DatasetSpec, kind: str, tokenizer: Any)
         print(f"[data] {result.source}: dropped {stats.dropped_empty_after_truncation} row(s) whose response would "
               f"be empty after truncation to {run.data.max_length} tokens")
     return examples, {**result.counts(), **stats.to_dict()}
+
+
+def heldout_examples(run: RunConfig, tokenizer: Any, which: str) -> list[Any]:
+    """Tokenized rows of ``data.sft_eval`` (``which="sft"``) or ``data.preference_eval`` (``"preference"``)."""
+    spec = run.data.sft_eval if which == "sft" else run.data.preference_eval
+    return load_tokenized(run, spec, which, tokenizer)[0]
+
+
+def heldout_batches(examples: list[Any], tokenizer: Any, which: str, batch_size: int) -> list[Any]:
+    """``examples`` of :func:`heldout_examples` in file order, ``batch_size`` per batch (preference batches carry
+    their pair ids, which a reference log-prob store needs)."""
+    from functools import partial
+
+    from alignment.data.collate import collate_preference, collate_sft
+    from alignment.train.batches import WithIds
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = partial(collate_sft, pad_id=pad) if which == "sft" else WithIds(partial(collate_preference, pad_id=pad))
+    return [collate(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]

@@ -182,23 +182,34 @@ def cached_reference(run: RunConfig, reference_fingerprint: str, examples: dict[
     ``describe()`` go to the manifest.
     """
     from alignment.losses import LossType
-    from alignment.train.ref_cache import tokenizer_fingerprint
-    from alignment.train.ref_store import LazyCachedReference, ShardStore, store_key
 
     train = run.stage.train
     if not train.ref_cache or reference_fn is None or not LossType(run.loss.name).paired:
         return reference_fn, None
     pairs = list(examples["preference"]) + list(examples["preference_eval"])
-    settings = {"dtype": run.model.dtype, "attn": attention_kernel(run),
-                "max_length": run.data.max_length, "truncation": run.data.truncation}
-    key = store_key(reference_fingerprint, tokenizer_fingerprint(tokenizer), settings)
-    store = ShardStore(layout(run).cache_dir(REF_LOGPS_CACHE), key, writer=f"rank{accelerator.process_index}")
-    cache = LazyCachedReference(reference_fn, store, pairs, preference_collate(run, tokenizer)[0])
+    cache = stored_reference(run, reference_fingerprint, tokenizer, reference_fn, pairs,
+                             writer=f"rank{accelerator.process_index}")
     if train.ref_cache_eager:
         with accelerator.main_process_first():  # rank 0 computes; the others then find the rows stored
             cache.prefetch(pairs, train.pref_batch_size, accelerator.device, progress=run.stage.progress)
         cache.drop_reference()  # every pair is stored: a frozen reference model is no longer kept in memory
     return cache, cache
+
+
+def stored_reference(run: RunConfig, reference_fingerprint: str, tokenizer: Any, reference_fn: Any, pairs: list[Any],
+                     writer: str) -> Any:
+    """``reference_fn`` behind the run's lazy reference log-prob store (``{run_dir}/cache/ref_logps/<key>/``), the
+    key covering the reference's fingerprint, the tokenizer and the settings that change the values (dtype,
+    attention kernel, max length, truncation), so training and the evaluate stage of one run directory share
+    rows: a pair's reference log-probs are computed once, whichever stage meets it first."""
+    from alignment.train.ref_cache import tokenizer_fingerprint
+    from alignment.train.ref_store import LazyCachedReference, ShardStore, store_key
+
+    settings = {"dtype": run.model.dtype, "attn": attention_kernel(run),
+                "max_length": run.data.max_length, "truncation": run.data.truncation}
+    key = store_key(reference_fingerprint, tokenizer_fingerprint(tokenizer), settings)
+    store = ShardStore(layout(run).cache_dir(REF_LOGPS_CACHE), key, writer=writer)
+    return LazyCachedReference(reference_fn, store, pairs, preference_collate(run, tokenizer)[0])
 
 
 def optima(run: RunConfig) -> dict[str, float]:

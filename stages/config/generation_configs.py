@@ -279,6 +279,9 @@ class EvaluateConfig(RankerSettings, GenerationRuntimeFields, StageConfig):
     stop: list[str] = field(default_factory=list)
     max_prompt_tokens: int = 1024
     eval_batch_size: int = runtime(8)
+    # suite preference: reference log-probs from the run's store shared with training (float rounding may differ
+    # from a live reference's by the batches' padding, hence runtime, as training's stage.train.ref_cache)
+    ref_cache: bool = runtime(False)
     device: str | None = runtime(None)
 
     def validate(self, run: RunConfig) -> list[str]:
