@@ -156,9 +156,9 @@ def run(run: RunConfig, ctx: StageContext) -> StageResult:
         report["settings"]["win_rate_baseline"] = baseline
     for warning in report["warnings"]:
         print(f"[evaluate] WARNING: {warning}")
-    reference = ctx.fingerprints.get("reference_model", "")
+    reference_fingerprint = ctx.fingerprints.get("reference_model", "")
     suites: dict[str, Suite] = {**SUITES, "win_rate": partial(suite_win_rate, baseline=baseline),
-                                "preference": partial(suite_preference, reference_fingerprint=reference)}
+                                "preference": partial(suite_preference, reference_fingerprint=reference_fingerprint)}
     outputs: set[str] = set()
     for suite in run.stage.suites:
         print(f"[evaluate] suite {suite} on {len(models)} model(s)")
